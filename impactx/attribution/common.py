@@ -1,0 +1,173 @@
+"""Helpers every explainer shares: input checks, model-state guard, target scores and their gradients."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+Output = Literal["logit", "prob", "log_prob"]
+OUTPUTS: tuple[str, ...] = ("logit", "prob", "log_prob")
+
+
+def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: int | None = None) -> torch.Tensor:
+    """Validate an image batch and its targets; return targets as a ``[B]`` long tensor on the inputs' device.
+
+    Args:
+        inputs: ``[B, C, H, W]`` floating-point images.
+        target: one class index per image (``[B]`` integer tensor) or one int for the whole batch.
+        num_classes: when known, targets must lie in ``[0, num_classes)``.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor [B,C,H,W], got {type(inputs).__name__}")
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs must have shape [B,C,H,W], got shape {list(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
+    batch = inputs.shape[0]
+    if isinstance(target, bool) or not isinstance(target, int | torch.Tensor):
+        raise TypeError(f"target must be an int or a [B] integer tensor, got {type(target).__name__}")
+    if isinstance(target, int):
+        target_t = torch.full((batch,), target, dtype=torch.long, device=inputs.device)
+    else:
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        target_t = target.reshape(-1).to(device=inputs.device, dtype=torch.long)
+        if target_t.numel() == 1 and batch != 1:
+            target_t = target_t.expand(batch)
+        if target_t.shape[0] != batch:
+            raise ValueError(
+                f"target has {target_t.shape[0]} entries (shape {list(target.shape)}) but inputs hold {batch} images"
+            )
+    if target_t.numel() and int(target_t.min()) < 0:
+        raise ValueError(f"target holds a negative class index {int(target_t.min())}")
+    if num_classes is not None and target_t.numel() and int(target_t.max()) >= num_classes:
+        raise ValueError(f"target holds class {int(target_t.max())} but the model has {num_classes} outputs")
+    return target_t
+
+
+def check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode (BatchNorm uses running stats, dropout is off), then restore.
+
+    Each submodule's own ``training`` flag is restored, so a model that was partly frozen comes back as it
+    was. ``requires_grad`` flags are never touched: explainers take gradients with respect to inputs only
+    (or, with ``create_graph=True``, leave the parameters' graph for the caller's loss).
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def target_scores(logits: torch.Tensor, target: torch.Tensor, output: Output = "logit") -> torch.Tensor:
+    """Pick the explained score ``[N]`` of ``target [N]`` from ``logits [N, K]``."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits [N, num_classes], got shape {list(logits.shape)}")
+    if output == "prob":
+        logits = logits.softmax(dim=1)
+    elif output == "log_prob":
+        logits = logits.log_softmax(dim=1)
+    return logits.gather(1, target.view(-1, 1)).squeeze(1)
+
+
+def score_gradients(
+    model: nn.Module,
+    points: torch.Tensor,
+    target: torch.Tensor,
+    output: Output = "logit",
+    create_graph: bool = False,
+    internal_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and their input gradients at ``points [N, C, H, W]`` for classes ``target [N]``.
+
+    Evaluated in chunks of ``internal_batch_size`` points (all at once when ``None``). Returns
+    ``(scores [N], gradients [N, C, H, W])``. With ``create_graph=True`` both stay attached to the graph
+    (double backward through the model's parameters); otherwise they are detached.
+    """
+    n = points.shape[0]
+    chunk = n if not internal_batch_size else max(1, int(internal_batch_size))
+    scores, grads = [], []
+    with torch.enable_grad():
+        for start in range(0, n, chunk):
+            x = points[start : start + chunk]
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            s = target_scores(model(x), target[start : start + chunk], output)
+            (g,) = torch.autograd.grad(s.sum(), x, create_graph=create_graph)
+            scores.append(s if create_graph else s.detach())
+            grads.append(g)
+    return torch.cat(scores), torch.cat(grads)
+
+
+@torch.no_grad()
+def forward_scores(
+    model: nn.Module,
+    points: torch.Tensor,
+    target: torch.Tensor,
+    output: Output = "logit",
+    internal_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Scores ``[N]`` of classes ``target [N]`` at ``points [N, C, H, W]``, without gradients, chunked."""
+    n = points.shape[0]
+    chunk = n if not internal_batch_size else max(1, int(internal_batch_size))
+    return torch.cat(
+        [target_scores(model(points[s : s + chunk]), target[s : s + chunk], output) for s in range(0, n, chunk)]
+    )
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` seeded with ``seed`` (``None``: use the global RNG)."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding values in ``[0, 2**32)``.
+
+    int64 products may wrap; only the low 32 bits are kept, which wrapping leaves intact.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def image_keys(inputs: torch.Tensor, seed: int) -> torch.Tensor:
+    """A 32-bit key ``[B]`` (int64) per image from its exact float bits and ``seed``.
+
+    Random draws derived from these keys depend only on (image, seed): an image gets the same draws
+    alone or anywhere inside a batch, on any device.
+    """
+    flat = inputs.detach().reshape(inputs.shape[0], -1).to(torch.float32).contiguous()
+    bits = flat.view(torch.int32).to(torch.int64) & _M32
+    position = torch.arange(flat.shape[1], device=inputs.device, dtype=torch.int64)
+    mixed = _mix32(bits ^ _mix32((position * 0x9E3779B9 + 0x7F4A7C15) & _M32))
+    return _mix32((mixed.sum(dim=1) & _M32) ^ _mix32(torch.tensor(int(seed) & _M32, device=inputs.device)))
+
+
+def keyed_uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
+    """``[B, n]`` uniforms in ``[0, 1)`` (24-bit resolution) from per-image ``keys [B]``; ``stream``
+    separates independent draws made from the same keys."""
+    counter = torch.arange(n, device=keys.device, dtype=torch.int64)
+    h = _mix32((keys.view(-1, 1) ^ _mix32((counter * 0x27D4EB2F + stream * 0x165667B1 + 1) & _M32)) & _M32)
+    h = _mix32((h + 0x9E3779B9) & _M32)
+    return (h >> 8).to(torch.float32) / float(1 << 24)

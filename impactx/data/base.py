@@ -1,0 +1,231 @@
+"""``ImageDataModule``: the one interface every impactx data module follows.
+
+A data module loads two *full splits*, ``"train"`` and ``"test"``, carves a validation part out of
+the train split under ``seed`` (stratified by class where the class counts allow it), and serves
+three indexed splits, ``"train" | "val" | "test"``, whose items are ``(image, label, index)``:
+
+- ``image``: ``[C,H,W]`` float32, normalised with ``mean``/``std`` (``C = in_chans``, ``H = W = image_size``);
+- ``label``: int in ``[0, num_classes)``;
+- ``index``: position in the full underlying split (train and val share the train split's
+  positions and never the same one; test has its own).
+
+Subclasses implement ``_load_split(split)`` (and, where they need them, ``_transform(train)`` and
+``prepare_data``) and set the class attributes ``name``, ``num_classes``, ``in_chans``,
+``image_size``, ``mean``, ``std``, ``class_names``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from impactx.data.indexed import IndexedDataset
+
+__all__ = ["DatasetNotFoundError", "ImageDataModule", "SPLITS", "carve_validation"]
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a data set are missing (or corrupted) and could not be downloaded."""
+
+
+# ---------------------------------------------------------------------------------- validation
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` if it is an int ``>= minimum``, else raise a ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value: Any, allow_zero: bool = True) -> float:
+    """Return ``value`` if it is a number in ``[0, 1)`` (``(0, 1)`` without ``allow_zero``)."""
+    lo = "[0, 1)" if allow_zero else "(0, 1)"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a number in {lo}, got {value!r}")
+    value = float(value)
+    if not (0.0 <= value < 1.0) or (not allow_zero and value == 0.0):
+        raise ValueError(f"{name} must be a number in {lo}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------- the val carve
+def carve_validation(
+    targets: Sequence[int] | np.ndarray, val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split positions ``0..n-1`` of a train split into sorted (train, val) position lists.
+
+    Stratified by ``targets`` (sklearn ``train_test_split(stratify=...)``) when every class has at
+    least two members and both parts can hold every class; otherwise a plain seeded random split.
+    Deterministic under ``seed``. ``val_fraction == 0`` gives an empty val list.
+    """
+    from sklearn.model_selection import train_test_split
+
+    targets = np.asarray(targets)
+    n = len(targets)
+    positions = np.arange(n)
+    if val_fraction == 0.0:
+        return positions.tolist(), []
+    n_val = int(np.ceil(val_fraction * n))
+    if n_val >= n:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training items out of {n}")
+    classes, counts = np.unique(targets, return_counts=True)
+    stratify = targets if counts.min() >= 2 and min(n_val, n - n_val) >= len(classes) else None
+    train_pos, val_pos = train_test_split(positions, test_size=n_val, stratify=stratify, random_state=seed)
+    return np.sort(train_pos).tolist(), np.sort(val_pos).tolist()
+
+
+# ------------------------------------------------------------------------------- the base class
+class ImageDataModule(LightningDataModule):
+    """Base ``LightningDataModule`` for image classification with indexed items.
+
+    Args:
+        data_dir: folder holding the data set files (as torchvision lays them out).
+        batch_size: items per batch (> 0).
+        num_workers: DataLoader worker processes (>= 0).
+        val_fraction: fraction of the train split carved out as validation, in ``[0, 1)``.
+        seed: seed of the validation carve (and of any other split the subclass draws).
+        augment: apply the data set's training augmentation to the ``"train"`` split.
+        download: let ``prepare_data`` download missing files (needs internet).
+
+    Attributes (class attributes or properties, available before ``setup``):
+        name, num_classes, in_chans, image_size (H = W), mean, std (per channel), class_names.
+    """
+
+    name: str = "image"
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = False,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.data_dir = str(data_dir)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.seed = check_int("seed", seed, 0)
+        self.augment = bool(augment)
+        self.download = bool(download)
+        self._save_init_hparams()
+        self._full: dict[str, tuple[Dataset, np.ndarray]] = {}  # "train"/"test" -> (dataset, targets)
+        self._carve: tuple[list[int], list[int]] | None = None
+        self._splits: dict[str, Dataset] = {}
+
+    def _save_init_hparams(self) -> None:
+        """``save_hyperparameters()`` with exactly the arguments of the concrete class's ``__init__``.
+
+        Lightning collects the arguments of every ``__init__`` in the ``super()`` chain; arguments of
+        this base that a subclass drops (e.g. ``data_dir`` for an image folder ``root``) are left out so
+        ``cls(**hparams)`` works.
+        """
+        params = inspect.signature(type(self).__init__).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        base_args = inspect.signature(ImageDataModule.__init__).parameters
+        ignore = [] if takes_kwargs else [k for k in base_args if k != "self" and k not in params]
+        self.save_hyperparameters(ignore=ignore, frame=inspect.currentframe().f_back)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:
+        """Load the full ``"train"`` or ``"test"`` split: an ``(image, label)`` dataset and its labels ``[N]``."""
+        raise NotImplementedError
+
+    def _transform(self, train: bool) -> Callable[[Any], torch.Tensor] | None:
+        """Image transform to a normalised ``[C,H,W]`` float32 tensor; ``train`` adds augmentation if ``augment``."""
+        return None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Download files if the subclass supports it (called on one process only)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits a stage needs: fit -> train, val; validate -> val; test/predict -> test; None -> all."""
+        needed = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }.get(stage or "", SPLITS)
+        for split in needed:
+            self.dataset(split)
+
+    def full_split(self, split: str) -> tuple[Dataset, np.ndarray]:
+        """The full ``"train"`` or ``"test"`` split (untransformed ``(image, label)`` items) and its labels."""
+        if split not in ("train", "test"):
+            raise ValueError(f"full_split expects 'train' or 'test', got {split!r}")
+        if split not in self._full:
+            dataset, targets = self._load_split(split)
+            self._full[split] = (dataset, np.asarray(targets, dtype=np.int64))
+        return self._full[split]
+
+    def split_positions(self) -> tuple[list[int], list[int]]:
+        """Sorted positions in the full train split of the (train, val) carve, fixed by ``seed``."""
+        if self._carve is None:
+            _, targets = self.full_split("train")
+            self._carve = carve_validation(targets, self.val_fraction, self.seed)
+        return self._carve
+
+    def dataset(self, split: str) -> Dataset:
+        """The indexed dataset of ``"train" | "val" | "test"``; items ``(image [C,H,W], label, index)``.
+
+        ``"train"`` carries the training augmentation when ``augment=True``; ``"val"``/``"test"`` never do.
+        ``"train"``/``"val"`` are ``Subset``s of the indexed full train split, so ``index`` is the
+        position in the full train split.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if split not in self._splits:
+            if split == "test":
+                data, _ = self.full_split("test")
+                self._splits[split] = IndexedDataset(data, self._transform(train=False))
+            else:
+                data, _ = self.full_split("train")
+                train_pos, val_pos = self.split_positions()
+                positions = train_pos if split == "train" else val_pos
+                indexed = IndexedDataset(data, self._transform(train=split == "train"))
+                self._splits[split] = Subset(indexed, positions)
+        return self._splits[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches ``(image [B,C,H,W], label [B], index [B])`` of the train carve."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches of the validation carve, in index order (empty when ``val_fraction == 0``)."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Batches of the test split, in index order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as ``test_dataloader``: the test split, unshuffled."""
+        return self._loader("test", shuffle=False)
