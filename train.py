@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from impactx.data import ImageDataModule
@@ -31,6 +33,13 @@ class ImpactxCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.input_size", apply_on="instantiate")
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        """Add a rich progress bar unless the config disables the bar or brings its own."""
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            callbacks = [*callbacks, RichProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> ImpactxCLI:
