@@ -43,8 +43,15 @@ class Explainer(abc.ABC):
         """``inputs [B,C,H,W]``, ``target [B]`` long on the same device -> ``[B,C,H,W]``."""
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        options = ", ".join(f"{k}={_short(v)}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({options})"
+
+
+def _short(value: object) -> str:
+    """``repr`` that names a tensor by shape and dtype instead of printing its values."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)}:{str(value.dtype).removeprefix('torch.')}"
+    return repr(value)
 
 
 def _num_classes(model: nn.Module) -> int | None:
