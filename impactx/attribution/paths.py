@@ -31,7 +31,8 @@ def path_attribution(
     Args:
         inputs: ``[B, C, H, W]``.
         target: ``[B]`` long.
-        references: ``[B, S, C, H, W]`` (may be an expanded view; not copied until chunked).
+        references: ``[B, S, C, H, W]`` (may be an expanded view). All ``B*S`` path points are built up
+            front; ``internal_batch_size`` bounds the model's activations, which dominate memory on real models.
         alphas: ``[B, S]`` positions in ``[0, 1]`` along each path.
         weights: ``[B, S]`` weights of the samples.
         create_graph: keep the graph so the result can be backpropagated to the model's parameters.

@@ -46,7 +46,10 @@ def create_explainer(name: str, **options: Any) -> Explainer:
 
 
 def attribute(
-    method: str, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int, **options: Any
+    method: str, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor | int, /, **options: Any
 ) -> torch.Tensor:
-    """``attribute("ig", model, x [B,C,H,W], y [B], n_steps=32) -> [B,C,H,W]``: one-shot call of a method."""
+    """``attribute("ig", model, x [B,C,H,W], y [B], n_steps=32) -> [B,C,H,W]``: one-shot call of a method.
+
+    The first four arguments are positional-only, so options may use their names (IG's ``method=``).
+    """
     return create_explainer(method, **options)(model, inputs, target)
