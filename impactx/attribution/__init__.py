@@ -6,4 +6,7 @@ Plain ``nn.Module`` + tensors in, tensors out: nothing here knows about Lightnin
 from impactx.attribution.base import Explainer
 from impactx.attribution.registry import attribute, available, create_explainer, explainer_class, register
 
+# Importing a method's module registers it.
+from impactx.attribution import deepprior, eg, ig, wg  # noqa: E402,F401  isort: skip
+
 __all__ = ["Explainer", "attribute", "available", "create_explainer", "explainer_class", "register"]
