@@ -1,0 +1,67 @@
+"""Explanation-quality and robustness metrics as ``torchmetrics.Metric`` s over pure functional cores.
+
+Faithfulness: :class:`MoRF`, :class:`LeRF` (AOPC), :class:`DeletionAUC`, :class:`InsertionAUC`, the
+keep/remove family (:class:`KPM` ... :class:`RAM`), :class:`AverageDrop`, :class:`IncreaseInConfidence`.
+Localisation: :class:`OverlapAUC`. Complexity: :class:`Sparseness`. Robustness: :class:`MaxSensitivity`
+(of a map), :class:`NoiseAccuracy` (of the model). Sanity: :class:`ModelParameterRandomisation`.
+The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
+
+Every metric sums per-image values (``dist_reduce_fx="sum"``) and counts images, so the DDP-synced
+result equals the single-process one. Curve metrics compute ``{"curve": ..., <summary>: ...}``.
+"""
+
+from impactx.metrics import functional
+from impactx.metrics.base import CurveMetric, ScalarMetric
+from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
+from impactx.metrics.deletion import DeletionAUC, InsertionAUC
+from impactx.metrics.keep_remove import (
+    KAM,
+    KNM,
+    KPM,
+    RAM,
+    RNM,
+    RPM,
+    KeepAbsoluteMean,
+    KeepNegativeMean,
+    KeepPositiveMean,
+    KeepRemoveMetric,
+    RemoveAbsoluteMean,
+    RemoveNegativeMean,
+    RemovePositiveMean,
+)
+from impactx.metrics.noise_accuracy import NoiseAccuracy
+from impactx.metrics.overlap import OverlapAUC
+from impactx.metrics.randomisation import ModelParameterRandomisation
+from impactx.metrics.region import LeRF, MoRF
+from impactx.metrics.sensitivity import MaxSensitivity
+from impactx.metrics.sparseness import Sparseness
+
+__all__ = [
+    "KAM",
+    "KNM",
+    "KPM",
+    "RAM",
+    "RNM",
+    "RPM",
+    "AverageDrop",
+    "CurveMetric",
+    "DeletionAUC",
+    "IncreaseInConfidence",
+    "InsertionAUC",
+    "KeepAbsoluteMean",
+    "KeepNegativeMean",
+    "KeepPositiveMean",
+    "KeepRemoveMetric",
+    "LeRF",
+    "MaxSensitivity",
+    "ModelParameterRandomisation",
+    "MoRF",
+    "NoiseAccuracy",
+    "OverlapAUC",
+    "RemoveAbsoluteMean",
+    "RemoveNegativeMean",
+    "RemovePositiveMean",
+    "ScalarMetric",
+    "Sparseness",
+    "functional",
+]

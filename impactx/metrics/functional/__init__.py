@@ -1,0 +1,74 @@
+"""Functional cores of the evaluation metrics: plain ``nn.Module`` + tensors in, per-image tensors out.
+
+No Lightning here; each function validates its arguments, runs the model in eval mode (restored after),
+evaluates all perturbed variants of a batch as batches (chunked by ``internal_batch_size``) on the inputs'
+device, and is deterministic under its ``seed`` (random draws depend only on the image and the seed).
+"""
+
+from impactx.metrics.functional.confidence import (
+    average_drop,
+    confidence_change,
+    explanation_mask,
+    increase_in_confidence,
+)
+from impactx.metrics.functional.deletion import deletion_curve, feature_counts, insertion_curve, riemann_auc
+from impactx.metrics.functional.keep_remove import VARIANTS, keep_remove_curve, trapezoid_auc
+from impactx.metrics.functional.noise_accuracy import (
+    DEFAULT_NOISE_LEVELS,
+    gaussian_noise,
+    noise_accuracy_curve,
+)
+from impactx.metrics.functional.overlap import overlap_auc, overlap_curve
+from impactx.metrics.functional.perturbation import (
+    REPLACEMENTS,
+    gaussian_blur,
+    masked_scores,
+    ranks_from_scores,
+    replacement_values,
+)
+from impactx.metrics.functional.randomisation import (
+    cascading_randomisation,
+    map_ssim,
+    model_randomisation,
+    randomisable_layers,
+    spearman_correlation,
+)
+from impactx.metrics.functional.region import aopc, lerf_curve, morf_curve, region_perturbation_curve
+from impactx.metrics.functional.sensitivity import max_sensitivity, uniform_ball_noise
+from impactx.metrics.functional.sparseness import sparseness
+
+__all__ = [
+    "DEFAULT_NOISE_LEVELS",
+    "REPLACEMENTS",
+    "VARIANTS",
+    "aopc",
+    "average_drop",
+    "cascading_randomisation",
+    "confidence_change",
+    "deletion_curve",
+    "explanation_mask",
+    "feature_counts",
+    "gaussian_blur",
+    "gaussian_noise",
+    "increase_in_confidence",
+    "insertion_curve",
+    "keep_remove_curve",
+    "lerf_curve",
+    "map_ssim",
+    "masked_scores",
+    "max_sensitivity",
+    "model_randomisation",
+    "morf_curve",
+    "noise_accuracy_curve",
+    "overlap_auc",
+    "overlap_curve",
+    "randomisable_layers",
+    "ranks_from_scores",
+    "region_perturbation_curve",
+    "replacement_values",
+    "riemann_auc",
+    "sparseness",
+    "spearman_correlation",
+    "trapezoid_auc",
+    "uniform_ball_noise",
+]

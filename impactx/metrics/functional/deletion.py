@@ -1,0 +1,147 @@
+"""Deletion and insertion curves and their AUC (weighted-IG paper, section 6; DeepPrior-EG paper, 5.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from impactx.attribution.common import eval_mode
+from impactx.metrics.functional.perturbation import (
+    Replacement,
+    masked_scores,
+    ranks_from_scores,
+    replacement_values,
+)
+from impactx.metrics.functional.validation import (
+    check_batch,
+    check_chunk,
+    check_maps,
+    check_output_name,
+    check_positive_int,
+)
+
+
+def feature_counts(n_features: int, n_steps: int, device: torch.device) -> torch.Tensor:
+    """``k_i = floor(i * P / N)`` features for ``p_i = i / N``, ``i = 0..N`` -> ``[N + 1]`` (``k_N = P``)."""
+    i = torch.arange(n_steps + 1, device=device)
+    return (i * n_features) // n_steps
+
+
+def _pixel_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    maps: torch.Tensor,
+    insert: bool,
+    n_steps: int,
+    replacement: Replacement,
+    value: float | torch.Tensor,
+    noise_range: tuple[float, float] | None,
+    blur_sigma: float,
+    seed: int,
+    output: str,
+    internal_batch_size: int | None,
+) -> torch.Tensor:
+    targets_t = check_batch(model, images, targets)
+    maps = check_maps(images, maps)
+    check_output_name(output)
+    chunk = check_chunk(internal_batch_size)
+    b = images.shape[0]
+    n_features = maps[0].numel()
+    n = check_positive_int("n_steps", n_steps, n_features, "the number of map entries")
+    rank_map = ranks_from_scores(maps.reshape(b, -1), descending=True).view(maps.shape)
+    counts = feature_counts(n_features, n, images.device).expand(b, -1)
+    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
+    with eval_mode(model):
+        return masked_scores(model, images, targets_t, fill, rank_map, counts, not insert, output, chunk)
+
+
+def deletion_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    maps: torch.Tensor,
+    n_steps: int = 100,
+    replacement: Replacement = "constant",
+    value: float | torch.Tensor = 0.0,
+    noise_range: tuple[float, float] | None = None,
+    blur_sigma: float = 5.0,
+    seed: int = 0,
+    output: str = "prob",
+    internal_batch_size: int | None = 128,
+) -> torch.Tensor:
+    """Deletion curve ``[B, n_steps + 1]``: ``curve[:, i] = f_c(x o M_{p_i}(phi(x)))``, ``p_i = i / N``.
+
+    ``M_p`` masks the top ``k_i = floor(p_i * P)`` features of the map ``phi(x)`` (descending order,
+    ties to the lower flat index); a feature is one map entry, so a ``[B,1,H,W]`` map ranks pixels (all
+    channels of a pixel go together) and a ``[B,C,H,W]`` map ranks single entries. As in the weighted-IG
+    paper, masking multiplies by zero (``replacement="constant"``, ``value=0``) and the score is the
+    class probability ``f_c`` (``output="prob"``). Column 0 is the unperturbed image, column ``N`` the
+    fully masked one. Summarise with :func:`riemann_auc` (lower is better).
+    """
+    return _pixel_curve(
+        model,
+        images,
+        targets,
+        maps,
+        False,
+        n_steps,
+        replacement,
+        value,
+        noise_range,
+        blur_sigma,
+        seed,
+        output,
+        internal_batch_size,
+    )
+
+
+def insertion_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    maps: torch.Tensor,
+    n_steps: int = 100,
+    replacement: Replacement = "constant",
+    value: float | torch.Tensor = 0.0,
+    noise_range: tuple[float, float] | None = None,
+    blur_sigma: float = 5.0,
+    seed: int = 0,
+    output: str = "prob",
+    internal_batch_size: int | None = 128,
+) -> torch.Tensor:
+    """Insertion curve ``[B, n_steps + 1]``, the mirror of :func:`deletion_curve`.
+
+    The weighted-IG paper defines deletion only; insertion follows the DeepPrior-EG paper (5.2): start
+    from a blank image (the replacement everywhere, column 0) and put back the top ``k_i = floor(i P / N)``
+    features of ``x`` in descending order of the map (column ``N`` is ``x``). Summarise with
+    :func:`riemann_auc` over the same ``p_i = i / N`` (higher is better).
+    """
+    return _pixel_curve(
+        model,
+        images,
+        targets,
+        maps,
+        True,
+        n_steps,
+        replacement,
+        value,
+        noise_range,
+        blur_sigma,
+        seed,
+        output,
+        internal_batch_size,
+    )
+
+
+def riemann_auc(curve: torch.Tensor) -> torch.Tensor:
+    """``AUC = 1/N * sum_{i=1}^{N} curve[..., i]`` for ``curve [..., N + 1]`` sampled at ``p_i = i / N``.
+
+    The weighted-IG paper's right Riemann sum of the integral over ``p`` in ``[0, 1]``: the unperturbed
+    point ``p_0 = 0`` is left out.
+    """
+    if curve.dim() < 1 or curve.shape[-1] < 2:
+        raise ValueError(
+            f"curve must have a last dimension of length N+1 >= 2, got shape {list(curve.shape)}"
+        )
+    return curve[..., 1:].mean(dim=-1)

@@ -1,0 +1,153 @@
+"""The perturbation engine behind MoRF/LeRF, deletion/insertion and keep/remove curves.
+
+Every such curve evaluates, for each image ``b`` and curve point ``s``, the image with some of its units
+(pixels, map entries or patches) swapped for a replacement. A unit's *rank* says when it is swapped:
+``replaced = rank < k`` ("replace first": deletion, MoRF, remove) or ``replaced = rank >= k`` ("keep
+first": insertion, keep), with ``k = counts[b, s]``. All ``B * S`` variants are built chunk by chunk on
+the inputs' device and scored as batches; nothing loops over images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impactx.attribution.common import image_keys, keyed_uniform, target_scores
+
+Replacement = Literal["uniform", "constant", "blur"]
+REPLACEMENTS: tuple[str, ...] = ("uniform", "constant", "blur")
+
+# Stream of keyed_uniform reserved for the replacement noise of region/pixel perturbation.
+_UNIFORM_STREAM = 11
+
+
+def check_replacement(replacement: str) -> str:
+    if replacement not in REPLACEMENTS:
+        raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {replacement!r}")
+    return replacement
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``images [B,C,H,W]`` (kernel radius ``ceil(3 sigma)``, edge-replicated)."""
+    if not (
+        isinstance(sigma, int | float) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma > 0
+    ):
+        raise ValueError(f"blur_sigma must be a finite number > 0, got {sigma!r}")
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def replacement_values(
+    images: torch.Tensor,
+    replacement: Replacement = "constant",
+    value: float | torch.Tensor = 0.0,
+    noise_range: tuple[float, float] | None = None,
+    blur_sigma: float = 5.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """What a perturbed unit becomes: a ``[B,C,H,W]`` tensor on the images' device.
+
+    - ``"constant"``: ``value`` (a float, or a tensor broadcastable to ``[B,C,H,W]`` such as per-channel
+      means ``[C,1,1]`` or a mean image ``[C,H,W]``);
+    - ``"uniform"``: i.i.d. uniform noise in ``noise_range`` (``None``: each image's own ``[min, max]``),
+      drawn once per image, so a region keeps the same noise at every later step (Samek et al., 2016). The
+      draw depends only on (image, ``seed``): an image gets the same noise alone, anywhere in a batch, or
+      on another DDP rank;
+    - ``"blur"``: the image blurred with a Gaussian of standard deviation ``blur_sigma`` pixels.
+    """
+    check_replacement(replacement)
+    if replacement == "constant":
+        value_t = torch.as_tensor(value, dtype=images.dtype, device=images.device)
+        try:
+            return torch.broadcast_to(value_t, images.shape).clone()
+        except RuntimeError:
+            raise ValueError(
+                f"value of shape {list(value_t.shape)} cannot be broadcast to the images {list(images.shape)}"
+            ) from None
+    if replacement == "blur":
+        return gaussian_blur(images, blur_sigma)
+    b = images.shape[0]
+    u = keyed_uniform(image_keys(images, seed), images[0].numel(), stream=_UNIFORM_STREAM)
+    u = u.to(images.dtype).view(images.shape)
+    if noise_range is None:
+        flat = images.detach().reshape(b, -1)
+        low = flat.min(dim=1).values.view(b, 1, 1, 1)
+        high = flat.max(dim=1).values.view(b, 1, 1, 1)
+    else:
+        low, high = (float(v) for v in noise_range)
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"noise_range must be (low, high) with finite low <= high, got {noise_range!r}")
+    return low + (high - low) * u
+
+
+def ranks_from_scores(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
+    """Position of each unit in the perturbation order: ``scores [B,U]`` -> ranks ``[B,U]`` (0 = first).
+
+    Ties keep index order (a stable sort), so the ranking is deterministic.
+    """
+    key = -scores if descending else scores
+    order = torch.argsort(key, dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
+    return ranks
+
+
+def region_sums(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Sum of ``maps [B,Cm,H,W]`` over channels and each non-overlapping ``patch_size`` square -> ``[B,Hp*Wp]``."""
+    b, _, h, w = maps.shape
+    p = patch_size
+    return maps.sum(dim=1).reshape(b, h // p, p, w // p, p).sum(dim=(2, 4)).reshape(b, -1)
+
+
+def region_rank_map(ranks: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Expand region ranks ``[B, Hp*Wp]`` to a pixel rank map ``[B,1,H,W]``."""
+    b = ranks.shape[0]
+    grid = ranks.view(b, 1, height // patch_size, width // patch_size)
+    return grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+
+
+@torch.no_grad()
+def masked_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    replacement: torch.Tensor,
+    rank_map: torch.Tensor,
+    counts: torch.Tensor,
+    replace_first: bool = True,
+    output: str = "prob",
+    internal_batch_size: int | None = None,
+) -> torch.Tensor:
+    """Target scores ``[B, S]`` of every perturbed variant of every image.
+
+    Args:
+        images: ``[B,C,H,W]``; ``replacement``: ``[B,C,H,W]`` values swapped in.
+        rank_map: ``[B,1,H,W]`` or ``[B,C,H,W]`` integer rank of each unit (pixel ranks cover all channels).
+        counts: ``[B,S]`` integer ``k`` per image and curve point.
+        replace_first: ``True``: entries with ``rank < k`` are replaced; ``False``: entries with
+            ``rank >= k`` are replaced (the first ``k`` are kept).
+        internal_batch_size: variants per forward pass (all at once when ``None``).
+    """
+    b, s = counts.shape
+    total = b * s
+    chunk = total if not internal_batch_size else int(internal_batch_size)
+    out = []
+    for start in range(0, total, chunk):
+        q = torch.arange(start, min(total, start + chunk), device=images.device)
+        img, step = q // s, q % s
+        k = counts[img, step].view(-1, 1, 1, 1)
+        ranks = rank_map[img]
+        replaced = ranks < k if replace_first else ranks >= k
+        x = torch.where(replaced, replacement[img], images[img])
+        out.append(target_scores(model(x), targets[img], output))
+    return torch.cat(out).view(b, s)

@@ -1,0 +1,141 @@
+"""Model-parameter randomisation sanity check (Adebayo et al., 2018: cascading randomisation, top first)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from impactx.attribution.common import eval_mode
+from impactx.metrics.functional.sensitivity import ExplainFn, _explain
+from impactx.metrics.functional.validation import check_batch, check_chunk, check_maps
+
+Similarity = Literal["spearman", "ssim"]
+SIMILARITIES: tuple[str, ...] = ("spearman", "ssim")
+
+
+def randomisable_layers(model: nn.Module) -> list[str]:
+    """Names of the layers cascading randomisation visits, top (output side) first.
+
+    A layer is a module with parameters of its own and a ``reset_parameters`` method (Linear, Conv,
+    BatchNorm, ...); "top first" is the reverse of registration order, as in Quantus' ``top_down``.
+    """
+    return [
+        name
+        for name, module in reversed(list(model.named_modules()))
+        if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False))
+    ]
+
+
+def cascading_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(layer name, model copy)`` with layers 1..l re-initialised, for l = 1..L (top first).
+
+    Works on one deep copy; the caller's model is never touched. Layer ``l`` (0-based) is re-initialised
+    by ``reset_parameters()`` on a CPU copy of the layer under ``torch.manual_seed(seed + l)`` (inside a
+    forked RNG: the global RNG is left as it was), then loaded into the model's layer; so the randomised
+    weights are the same in every call, process, DDP rank and device.
+    """
+    clone = copy.deepcopy(model)
+    modules = dict(clone.named_modules())
+    for step, name in enumerate(randomisable_layers(clone)):
+        layer = modules[name]
+        fresh = copy.deepcopy(layer).cpu()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed + step)
+            fresh.reset_parameters()
+        layer.load_state_dict(fresh.state_dict())
+        yield name, clone
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks ``[B, D]`` of each row with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    sorted_x = torch.sort(x, dim=1).values
+    lo = torch.searchsorted(sorted_x, x.contiguous(), right=False)
+    hi = torch.searchsorted(sorted_x, x.contiguous(), right=True)
+    return (lo + hi - 1).to(torch.float64) / 2.0
+
+
+def spearman_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation ``[B]`` between maps ``a`` and ``b`` ``[B, ...]`` (average ranks for ties).
+
+    NaN where a map is constant (its ranks have no variance), as in ``scipy.stats.spearmanr``.
+    """
+    ra = _average_ranks(a.reshape(a.shape[0], -1).double())
+    rb = _average_ranks(b.reshape(b.shape[0], -1).double())
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    return ((ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1))).to(a.dtype)
+
+
+def map_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM ``[B]`` between maps ``[B,Cm,H,W]`` after min-max scaling each map to ``[0, 1]`` (Adebayo et al.).
+
+    Gaussian window (sigma 1.5) of side ``min(11, largest odd <= min(H, W))``.
+    """
+
+    def scale(m: torch.Tensor) -> torch.Tensor:
+        flat = m.reshape(m.shape[0], -1)
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+        span = (hi - lo).clamp(min=torch.finfo(m.dtype).tiny).view(-1, 1, 1, 1)
+        return (m - lo.view(-1, 1, 1, 1)) / span
+
+    side = min(a.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)
+    return structural_similarity_index_measure(
+        scale(a.float()), scale(b.float()), kernel_size=kernel, data_range=1.0, reduction="none"
+    ).to(a.dtype)
+
+
+def model_randomisation(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    explain: ExplainFn,
+    maps: torch.Tensor | None = None,
+    similarity: Similarity = "spearman",
+    abs: bool = True,
+    seed: int = 0,
+    internal_batch_size: int | None = 128,
+) -> tuple[torch.Tensor, list[str]]:
+    """Similarity between each image's map before and after each cascading-randomisation step.
+
+    Returns ``(curve [B, L], layer names [L])``: ``curve[:, l]`` compares ``phi(x)`` of the trained model
+    with ``phi(x)`` of the model whose top ``l + 1`` layers are re-initialised (:func:`cascading_randomisation`).
+    A map that stays similar while the weights it should depend on are destroyed fails the sanity check:
+    lower is better. ``abs=True`` compares ``|phi|`` (Quantus' default; Adebayo et al. report both).
+
+    Args:
+        explain: ``explain(model, x [N,C,H,W], y [N]) -> maps [N,Cm,H,W]``.
+        maps: ``phi(x)`` of the trained model, if already computed.
+        similarity: ``"spearman"`` (rank correlation) or ``"ssim"``.
+    """
+    if not callable(explain):
+        raise TypeError(
+            f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+        )
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    targets_t = check_batch(model, images, targets)
+    chunk = check_chunk(internal_batch_size)
+    layers = randomisable_layers(model)
+    if not layers:
+        raise ValueError("the model has no layer with parameters and reset_parameters() to randomise")
+    with eval_mode(model):
+        if maps is None:
+            maps = _explain(explain, model, images, targets_t, chunk)
+    original = check_maps(images, maps).detach()
+    compare = spearman_correlation if similarity == "spearman" else map_ssim
+    if abs:
+        original = original.abs()
+    columns, names = [], []
+    for name, randomised in cascading_randomisation(model, seed):
+        randomised.eval()
+        changed = _explain(explain, randomised, images, targets_t, chunk)
+        changed = check_maps(images, changed, "maps of the randomised model")
+        columns.append(compare(original, changed.abs() if abs else changed))
+        names.append(name)
+    return torch.stack(columns, dim=1), names

@@ -1,0 +1,132 @@
+"""KPM, KNM, KAM, RPM, RNM, RAM (DeepPrior-EG paper, section 4.2) as torchmetrics."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from impactx.metrics.base import CurveMetric
+from impactx.metrics.functional.keep_remove import keep_remove_curve, trapezoid_auc
+from impactx.metrics.functional.perturbation import Replacement, check_replacement
+from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+
+
+class KeepRemoveMetric(CurveMetric):
+    r"""Base of the six keep/remove metrics; ``variant`` picks the curve.
+
+    The curve is the mean target output after keeping (K*M) or removing (R*M) the first ``k_j`` eligible
+    features, ``k_j = min(floor(j P / n), #eligible)``, j = 0..n (definitions in
+    :mod:`impactx.metrics.functional.keep_remove`); the summary is its trapezoidal area over the fraction
+    axis ``[0, 1]``:
+
+    .. math:: \mathrm{AUC} = \int_0^1 \langle f_y(x^{(f)})\rangle\,df
+
+    The DeepPrior-EG paper calls a larger AUC better for all six; that holds for the benchmark's
+    sign-transformed curves. The AUC here is of the raw output, so ``higher_is_better`` is set per variant
+    (KPM, KAM, RNM: higher; KNM, RPM, RAM: lower).
+    """
+
+    variant: ClassVar[str] = "kpm"
+
+    def __init__(
+        self,
+        n_steps: int = 10,
+        replacement: Replacement = "constant",
+        value: float | torch.Tensor = 0.0,
+        noise_range: tuple[float, float] | None = None,
+        blur_sigma: float = 5.0,
+        seed: int = 0,
+        output: str = "logit",
+        internal_batch_size: int | None = 128,
+        **kwargs,
+    ) -> None:
+        check_positive_int("n_steps", n_steps)
+        check_replacement(replacement)
+        check_output_name(output)
+        check_chunk(internal_batch_size)
+        super().__init__(n_steps + 1, **kwargs)
+        self.options = dict(
+            variant=self.variant,
+            n_steps=n_steps,
+            replacement=replacement,
+            value=value,
+            noise_range=noise_range,
+            blur_sigma=blur_sigma,
+            seed=seed,
+            output=output,
+            internal_batch_size=internal_batch_size,
+        )
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
+        self._accumulate(keep_remove_curve(model, images, targets, maps, **self.options))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``{"curve": mean output at fractions j/n [n + 1], "auc": trapezoidal area}``."""
+        curve = self.mean_curve()
+        return {"curve": curve, "auc": trapezoid_auc(curve)}
+
+
+class KeepPositiveMean(KeepRemoveMetric):
+    """KPM: start fully masked, unmask the positive features in descending order. Higher is better.
+
+    Example (a linear model: keeping only positive contributions never lowers the logit below the
+    fully masked start):
+        >>> import torch
+        >>> from torch import nn
+        >>> from impactx.metrics import KeepPositiveMean
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2, bias=False))
+        >>> x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+        >>> maps = x * model[1].weight[y].view(2, 1, 4, 4)  # gradient x input: exact contributions
+        >>> kpm = KeepPositiveMean(n_steps=4)
+        >>> kpm.update(model, x, y, maps.detach())
+        >>> curve = kpm.compute()["curve"]
+        >>> bool((curve[1:] >= curve[0]).all())
+        True
+    """
+
+    variant = "kpm"
+    higher_is_better = True
+
+
+class KeepNegativeMean(KeepRemoveMetric):
+    """KNM: start fully masked, unmask the negative features (most negative first). Lower is better."""
+
+    variant = "knm"
+    higher_is_better = False
+
+
+class KeepAbsoluteMean(KeepRemoveMetric):
+    """KAM: start fully masked, unmask all features in descending ``|phi|``. Higher is better."""
+
+    variant = "kam"
+    higher_is_better = True
+
+
+class RemovePositiveMean(KeepRemoveMetric):
+    """RPM: start from the positive features only, mask them in descending order. Lower is better."""
+
+    variant = "rpm"
+    higher_is_better = False
+
+
+class RemoveNegativeMean(KeepRemoveMetric):
+    """RNM: start from the negative features only, mask them (most negative first). Higher is better."""
+
+    variant = "rnm"
+    higher_is_better = True
+
+
+class RemoveAbsoluteMean(KeepRemoveMetric):
+    """RAM: start from the full input, mask features in descending ``|phi|``. Lower is better."""
+
+    variant = "ram"
+    higher_is_better = False
+
+
+KPM, KNM, KAM = KeepPositiveMean, KeepNegativeMean, KeepAbsoluteMean
+RPM, RNM, RAM = RemovePositiveMean, RemoveNegativeMean, RemoveAbsoluteMean

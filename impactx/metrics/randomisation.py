@@ -1,0 +1,101 @@
+"""Model-parameter randomisation sanity check (Adebayo et al., 2018) as a torchmetric."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from impactx.metrics.functional.randomisation import (
+    SIMILARITIES,
+    Similarity,
+    model_randomisation,
+    randomisable_layers,
+)
+from impactx.metrics.functional.sensitivity import ExplainFn
+from impactx.metrics.functional.validation import check_chunk
+
+
+class ModelParameterRandomisation(Metric):
+    r"""Mean similarity between maps of the trained model and of its cascadingly randomised copies.
+
+    For layer step ``l`` (top layer first, layers 1..l re-initialised, on a deep copy):
+
+    .. math:: s_l = \frac{1}{N}\sum_{i=1}^{N} \rho\big(|\phi_\theta(x_i)|,\ |\phi_{\tilde\theta_l}(x_i)|\big)
+
+    with ``rho`` the Spearman rank correlation (or SSIM). A sound explanation decorrelates as the weights
+    are destroyed: lower is better. ``model`` at construction only lists the layers (``layer_names``) to
+    size the state; it is not stored. Entries where the similarity is undefined (a constant map) are left
+    out of that layer's mean.
+
+    Example (an explainer that ignores the model passes nothing: similarity stays 1):
+        >>> import torch
+        >>> from torch import nn
+        >>> from impactx.metrics import ModelParameterRandomisation
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> metric = ModelParameterRandomisation(model, lambda m, x, y: x)
+        >>> metric.layer_names
+        ['3', '1']
+        >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
+        >>> metric.compute()["curve"].tolist()
+        [1.0, 1.0]
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = False
+
+    similarity_sum: torch.Tensor
+    similarity_count: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        explain: ExplainFn,
+        similarity: Similarity = "spearman",
+        abs: bool = True,
+        seed: int = 0,
+        internal_batch_size: int | None = 128,
+        **kwargs,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module (used to list its layers), got {type(model).__name__}"
+            )
+        if not callable(explain):
+            raise TypeError(
+                f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+            )
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        check_chunk(internal_batch_size)
+        super().__init__(**kwargs)
+        self.layer_names = randomisable_layers(model)
+        if not self.layer_names:
+            raise ValueError("the model has no layer with parameters and reset_parameters() to randomise")
+        self.explain = explain
+        self.options = dict(
+            similarity=similarity, abs=abs, seed=seed, internal_batch_size=internal_batch_size
+        )
+        n = len(self.layer_names)
+        self.add_state("similarity_sum", default=torch.zeros(n), dist_reduce_fx="sum")
+        self.add_state("similarity_count", default=torch.zeros(n), dist_reduce_fx="sum")
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explain(model, images, targets)`` if known."""
+        curve, names = model_randomisation(model, images, targets, self.explain, maps, **self.options)
+        if names != self.layer_names:
+            raise ValueError(
+                f"the model's randomisable layers {names} differ from those given at construction {self.layer_names}"
+            )
+        defined = torch.isfinite(curve)
+        self.similarity_sum += (
+            torch.where(defined, curve, torch.zeros_like(curve)).sum(dim=0).to(self.similarity_sum)
+        )
+        self.similarity_count += defined.sum(dim=0).to(self.similarity_count)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``{"curve": mean similarity per randomisation step [L]}`` (steps named by ``layer_names``)."""
+        return {"curve": self.similarity_sum / self.similarity_count}

@@ -1,0 +1,112 @@
+"""MoRF and LeRF region-perturbation curves with AOPC, as torchmetrics."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from impactx.metrics.base import CurveMetric
+from impactx.metrics.functional.perturbation import Replacement, check_replacement
+from impactx.metrics.functional.region import aopc, region_perturbation_curve
+from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+
+
+class _RegionPerturbation(CurveMetric):
+    order: ClassVar[str] = "morf"
+
+    def __init__(
+        self,
+        patch_size: int = 4,
+        n_steps: int = 16,
+        replacement: Replacement = "uniform",
+        value: float | torch.Tensor = 0.0,
+        noise_range: tuple[float, float] | None = None,
+        blur_sigma: float = 5.0,
+        seed: int = 0,
+        output: str = "prob",
+        internal_batch_size: int | None = 128,
+        **kwargs,
+    ) -> None:
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("n_steps", n_steps)
+        check_replacement(replacement)
+        check_output_name(output)
+        check_chunk(internal_batch_size)
+        super().__init__(n_steps + 1, **kwargs)
+        self.options = dict(
+            order=self.order,
+            patch_size=patch_size,
+            n_steps=n_steps,
+            replacement=replacement,
+            value=value,
+            noise_range=noise_range,
+            blur_sigma=blur_sigma,
+            seed=seed,
+            output=output,
+            internal_batch_size=internal_batch_size,
+        )
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
+        self._accumulate(region_perturbation_curve(model, images, targets, maps, **self.options))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``{"curve": mean f_y(x_k) [n_steps + 1], "aopc": scalar}``."""
+        curve = self.mean_curve()
+        return {"curve": curve, "aopc": aopc(curve)}
+
+
+class MoRF(_RegionPerturbation):
+    r"""Most-Relevant-First region perturbation (Samek et al., 2016) and its AOPC.
+
+    Regions (non-overlapping ``patch_size`` squares, relevance = map summed over the region) are replaced
+    in descending order of relevance, by uniform noise by default as in the IMPACTX paper; the curve is
+    the mean target score :math:`\langle f(x_k)\rangle`, k = 0..n_steps, and
+
+    .. math:: \mathrm{AOPC} = \frac{1}{L+1}\sum_{k=0}^{L}\langle f(x_0) - f(x_k)\rangle
+
+    (higher is better: removing what the map calls relevant should hurt fast). See
+    :func:`impactx.metrics.functional.region_perturbation_curve` for the options.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from impactx.metrics import MoRF
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> images, targets, maps = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0]), torch.rand(4, 1, 4, 4)
+        >>> morf = MoRF(patch_size=2, n_steps=4)
+        >>> morf.update(model, images, targets, maps)
+        >>> result = morf.compute()
+        >>> result["curve"].shape
+        torch.Size([5])
+        >>> bool(torch.isclose(result["aopc"], (result["curve"][0] - result["curve"]).mean()))
+        True
+    """
+
+    order = "morf"
+    higher_is_better = True
+
+
+class LeRF(_RegionPerturbation):
+    r"""Least-Relevant-First region perturbation: as :class:`MoRF` with regions replaced in ascending order
+    of relevance. AOPC (same formula) is lower-is-better: removing what the map calls irrelevant should
+    barely change the score.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from impactx.metrics import LeRF
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        >>> lerf = LeRF(patch_size=2, n_steps=4, replacement="constant", value=0.0, output="logit")
+        >>> lerf.update(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), torch.rand(2, 1, 4, 4))
+        >>> lerf.compute()["curve"].shape
+        torch.Size([5])
+    """
+
+    order = "lerf"
+    higher_is_better = False

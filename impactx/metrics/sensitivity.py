@@ -1,0 +1,67 @@
+"""Max-sensitivity of an explainer as a torchmetric."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from impactx.metrics.base import ScalarMetric
+from impactx.metrics.functional.sensitivity import ExplainFn, max_sensitivity
+from impactx.metrics.functional.validation import check_chunk, check_positive_int, check_radius
+
+
+class MaxSensitivity(ScalarMetric):
+    r"""Mean max-sensitivity (Yeh et al., 2019; Quantus ``MaxSensitivity``) of ``explain``:
+
+    .. math:: \mathrm{SENS}_{\max}(x) = \max_{\|\delta\|_\infty \le r}
+              \frac{\|\phi(x + \delta) - \phi(x)\|_F}{\|\phi(x)\|_F}
+
+    estimated with ``n_samples`` uniform draws of ``delta`` per image (all explained as batches). Lower is
+    better. ``explain(model, x, y) -> map`` is any callable, e.g. ``create_explainer("ig")``.
+
+    Example (an explainer that ignores the input is perfectly stable):
+        >>> import torch
+        >>> from torch import nn
+        >>> from impactx.metrics import MaxSensitivity
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        >>> weight_map = lambda m, x, y: m[1].weight[y].detach().view(-1, 1, 4, 4)
+        >>> metric = MaxSensitivity(weight_map, radius=0.1, n_samples=3)
+        >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
+        >>> float(metric.compute())
+        0.0
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        explain: ExplainFn,
+        radius: float = 0.2,
+        n_samples: int = 20,
+        seed: int = 0,
+        normalise: bool = True,
+        internal_batch_size: int | None = 128,
+        **kwargs,
+    ) -> None:
+        if not callable(explain):
+            raise TypeError(
+                f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+            )
+        check_radius("radius", radius)
+        check_positive_int("n_samples", n_samples)
+        check_chunk(internal_batch_size)
+        super().__init__(**kwargs)
+        self.explain = explain
+        self.options = dict(
+            radius=radius,
+            n_samples=n_samples,
+            seed=seed,
+            normalise=normalise,
+            internal_batch_size=internal_batch_size,
+        )
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explain(model, images, targets)`` if known."""
+        self._accumulate(max_sensitivity(model, images, targets, self.explain, maps, **self.options))

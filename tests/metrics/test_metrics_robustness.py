@@ -1,0 +1,235 @@
+"""Max-sensitivity, model-parameter randomisation and accuracy under noise.
+
+Max-sensitivity: Quantus 0.6 ``MaxSensitivity`` (Frobenius norms, difference similarity, normalised by
+``||phi(x)||``) draws its noise from NumPy's global RNG; here it is given a ``perturb_func`` that adds our
+own draws (:func:`uniform_ball_noise`) in order, so both see the same perturbed inputs and must agree.
+Randomisation: no Quantus match (its ``MPRT`` reseeds every layer with the same seed and compares per
+batch); the Spearman part is checked against ``scipy.stats.spearmanr`` on independently rebuilt randomised
+models, plus Adebayo et al.'s model-independent-explainer case (similarity stays 1).
+Noise accuracy: a loop over levels with the public noise draw, and the noise's distribution (KS test).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import quantus
+import scipy.stats
+import torch
+from metrics_helpers import batch, np32, saliency, tiny_cnn
+from torch import nn
+
+from impactx.metrics.functional import (
+    cascading_randomisation,
+    gaussian_noise,
+    map_ssim,
+    max_sensitivity,
+    model_randomisation,
+    noise_accuracy_curve,
+    randomisable_layers,
+    spearman_correlation,
+    uniform_ball_noise,
+)
+
+# ---------------------------------------------------------------- max-sensitivity
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_max_sensitivity_matches_quantus_with_shared_noise(normalise):
+    model = tiny_cnn(1, 8)
+    images, targets, _ = batch(3, 1, 8)
+    radius, n = 0.1, 4
+    maps = saliency(model, images, targets)
+    ours = max_sensitivity(
+        model,
+        images,
+        targets,
+        saliency,
+        maps,
+        radius=radius,
+        n_samples=n,
+        seed=5,
+        normalise=normalise,
+        internal_batch_size=5,
+    )
+    noise = uniform_ball_noise(images, radius, n, seed=5).reshape(n, 3, -1).numpy()
+    assert np.abs(noise).max() <= radius and noise.std() > radius / 3
+    draws = iter(range(n))
+
+    def perturb(arr, indices, **kwargs):
+        return arr + noise[next(draws)]
+
+    def explain(model, inputs, targets, **kwargs):
+        return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    kwargs = {} if normalise else {"norm_denominator": lambda a: np.ones(a.shape[0])}
+    metric = quantus.MaxSensitivity(
+        nr_samples=n, perturb_func=perturb, normalise=False, abs=False, disable_warnings=True, **kwargs
+    )
+    ref = metric(
+        model=model,
+        x_batch=np32(images),
+        y_batch=targets.numpy(),
+        a_batch=np32(maps),
+        explain_func=explain,
+        channel_first=True,
+        device="cpu",
+    )
+    torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    # computing phi(x) inside gives the same
+    torch.testing.assert_close(
+        max_sensitivity(
+            model, images, targets, saliency, radius=radius, n_samples=n, seed=5, normalise=normalise
+        ),
+        ours,
+        atol=1e-6,
+        rtol=1e-5,
+    )
+
+
+def test_ball_noise_is_batch_invariant_and_explainer_errors():
+    images, targets, _ = batch(4, 1, 8)
+    full = uniform_ball_noise(images, 0.2, 3, seed=1)
+    torch.testing.assert_close(full[:, 1:2], uniform_ball_noise(images[1:2], 0.2, 3, seed=1))
+    assert not torch.allclose(full[0], full[1])
+    model = tiny_cnn(1, 8)
+    with pytest.raises(ValueError, match="radius must be"):
+        max_sensitivity(model, images, targets, saliency, radius=0.0)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        max_sensitivity(model, images, targets, saliency, n_samples=0)
+    with pytest.raises(TypeError, match="explain must be a callable"):
+        max_sensitivity(model, images, targets, "ig")
+    with pytest.raises(RuntimeError, match="same map shape"):
+        max_sensitivity(model, images, targets, lambda m, x, y: x[:, :, :4], maps=images, n_samples=1)
+
+
+# ---------------------------------------------------------------- randomisation
+
+
+def test_spearman_matches_scipy_with_ties():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (4, 1, 6, 6), generator=gen).float()  # many ties
+    b = a + torch.randint(0, 3, (4, 1, 6, 6), generator=gen).float()
+    ours = spearman_correlation(a, b)
+    for i in range(4):
+        ref = scipy.stats.spearmanr(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic
+        assert float(ours[i]) == pytest.approx(ref, abs=1e-6)
+
+
+def _reference_randomised(model, seed):
+    """Rebuild the cascade from its documented rule: layers with own parameters and reset_parameters,
+    reverse registration order, layer l re-initialised under torch.manual_seed(seed + l)."""
+    clone = copy.deepcopy(model)
+    names = [
+        n
+        for n, m in reversed(list(clone.named_modules()))
+        if hasattr(m, "reset_parameters") and len(list(m.parameters(recurse=False)))
+    ]
+    modules = dict(clone.named_modules())
+    for step, name in enumerate(names):
+        torch.manual_seed(seed + step)
+        modules[name].reset_parameters()
+        yield name, copy.deepcopy(clone)
+
+
+def test_randomisation_curve_matches_scipy_reference_and_leaves_model_alone():
+    model = tiny_cnn(1, 8)
+    model.train()  # must come back in train mode
+    images, targets, _ = batch(3, 1, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    curve, names = model_randomisation(model, images, targets, saliency, seed=3, internal_batch_size=2)
+    assert names == ["fc", "conv"] == randomisable_layers(model)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model.training and torch.equal(rng, torch.get_rng_state())
+    with torch.no_grad():
+        original = saliency(model.eval(), images, targets).abs()
+    model.train()
+    saved_rng = torch.get_rng_state()
+    for step, (name, randomised) in enumerate(_reference_randomised(model, 3)):
+        assert name == names[step]
+        changed = saliency(randomised.eval(), images, targets).abs()
+        for i in range(3):
+            ref = scipy.stats.spearmanr(original[i].flatten().numpy(), changed[i].flatten().numpy()).statistic
+            assert float(curve[i, step]) == pytest.approx(ref, abs=1e-5)
+    torch.set_rng_state(saved_rng)
+    assert float(curve[:, -1].abs().mean()) < 0.9  # the fully randomised model's maps are different
+
+
+@pytest.mark.parametrize("similarity", ["spearman", "ssim"])
+def test_model_independent_explainer_stays_similar(similarity):
+    model = tiny_cnn(1, 16)
+    images, targets, _ = batch(2, 1, 16)
+    curve, _ = model_randomisation(model, images, targets, lambda m, x, y: x * 2 + 1, similarity=similarity)
+    torch.testing.assert_close(curve, torch.ones(2, 2), atol=1e-5, rtol=0)
+    if similarity == "ssim":
+        other = map_ssim(images, torch.rand(2, 1, 16, 16))
+        assert bool((other < 0.5).all())
+
+
+def test_cascade_copies_are_reproducible():
+    model = tiny_cnn(1, 8)
+    first = [copy.deepcopy(m.state_dict()) for _, m in cascading_randomisation(model, seed=1)]
+    second = [copy.deepcopy(m.state_dict()) for _, m in cascading_randomisation(model, seed=1)]
+    for a, b in zip(first, second, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(first[0]["fc.weight"], model.state_dict()["fc.weight"])
+    assert torch.equal(first[0]["conv.weight"], model.state_dict()["conv.weight"])  # top first
+
+
+def test_randomisation_errors():
+    images, targets, _ = batch(2, 1, 8)
+    with pytest.raises(ValueError, match="no layer with parameters"):
+        model_randomisation(nn.Flatten(), images, targets, saliency)
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        model_randomisation(tiny_cnn(1, 8), images, targets, saliency, similarity="pearson")
+
+
+# ---------------------------------------------------------------- accuracy under noise
+
+
+def test_noise_accuracy_matches_loop_over_levels():
+    model = tiny_cnn(1, 8)
+    images, _, _ = batch(6, 1, 8)
+    with torch.no_grad():
+        targets = model(images).argmax(1)
+    targets[0] = (targets[0] + 1) % 3  # one wrong at level 0
+    levels = [0.0, 0.3, 1.0, 3.0]
+    curve = noise_accuracy_curve(model, images, targets, levels, seed=2, internal_batch_size=7)
+    z = gaussian_noise(images, seed=2)
+    for j, sigma in enumerate(levels):
+        with torch.no_grad():
+            expected = (model(images + sigma * z).argmax(1) == targets).float()
+        torch.testing.assert_close(curve[:, j], expected)
+    assert curve[:, 0].tolist() == [0.0] + [1.0] * 5
+    clamped = noise_accuracy_curve(model, images, targets, [1.0], seed=2, clamp=(0.0, 1.0))
+    with torch.no_grad():
+        expected = (model((images + z).clamp(0, 1)).argmax(1) == targets).float()
+    torch.testing.assert_close(clamped[:, 0], expected)
+
+
+def test_gaussian_noise_is_standard_normal_and_batch_invariant():
+    images = torch.rand(4, 1, 64, 64)
+    z = gaussian_noise(images, seed=0)
+    assert scipy.stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    torch.testing.assert_close(gaussian_noise(images[2:3], seed=0), z[2:3])
+    assert not torch.equal(gaussian_noise(images, seed=1), z)
+
+
+@pytest.mark.parametrize(
+    "levels,match",
+    [
+        ([], "at least one level"),
+        ([0.1, -0.2], "finite numbers >= 0"),
+        ([float("nan")], "finite numbers"),
+        (torch.zeros(2, 2), "must be 1-D"),
+        ("0.1", "sequence of numbers"),
+        ([True], "finite numbers"),
+    ],
+)
+def test_bad_noise_levels(levels, match):
+    images, targets, _ = batch(2, 1, 8)
+    with pytest.raises(ValueError, match=match):
+        noise_accuracy_curve(tiny_cnn(1, 8), images, targets, levels)
