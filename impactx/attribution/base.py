@@ -22,6 +22,8 @@ class Explainer(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: False for methods that only run forward passes (they work under ``torch.inference_mode``).
+    needs_gradients: ClassVar[bool] = True
 
     def __init__(self, reduce_channels: bool = False) -> None:
         self.reduce_channels = reduce_channels
