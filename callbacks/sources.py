@@ -7,7 +7,6 @@ A map source turns ``(model, images [B,C,H,W], targets [B])`` into detached maps
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,25 +26,8 @@ SELF = "self"
 ExplainerSpec = Mapping[str, Mapping[str, Any] | None] | Sequence[str] | str | None
 """``{"ig": {"n_steps": 32}, "eg": {}}``, ``["ig", "eg"]``, ``"ig"`` or ``None`` (no explainers)."""
 
-# Explainers that only run forward passes. An explainer class may instead declare a boolean class attribute
-# ``needs_gradients``; the registry has none yet, so names are the fallback (unknown names: gradients).
-GRADIENT_FREE = frozenset({"partition", "shap_partition"})
-
-# Explainer modules other engineers are still writing; imported (so registered) when present.
-_OPTIONAL_MODULES = ("partition", "shap_partition")
-
 # Option names the callbacks fill in themselves when an explainer takes them and the config leaves them out.
 _FILLED = ("seed", "background")
-
-
-def ensure_registered() -> None:
-    """Import the optional explainer modules that exist, so their names are in the registry."""
-    for name in _OPTIONAL_MODULES:
-        try:
-            importlib.import_module(f"impactx.attribution.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"impactx.attribution.{name}":
-                raise
 
 
 def normalise_spec(spec: ExplainerSpec, what: str = "explainers") -> dict[str, dict[str, Any]]:
@@ -80,10 +62,7 @@ def _init_params(name: str) -> Mapping[str, inspect.Parameter]:
 
 def explainer_needs_gradients(name: str) -> bool:
     """Whether the registered explainer ``name`` takes input gradients (so cannot run under inference mode)."""
-    flag = getattr(explainer_class(name), "needs_gradients", None)
-    if isinstance(flag, bool):
-        return flag
-    return name not in GRADIENT_FREE
+    return explainer_class(name).needs_gradients
 
 
 def needs_background(name: str, options: Mapping[str, Any]) -> bool:
@@ -94,7 +73,6 @@ def needs_background(name: str, options: Mapping[str, Any]) -> bool:
 
 def check_explainers(spec: ExplainerSpec) -> dict[str, dict[str, Any]]:
     """Normalise ``spec`` and construct every explainer once, so unknown names and bad options fail now."""
-    ensure_registered()
     explainers = normalise_spec(spec)
     for name, options in explainers.items():
         if name == SELF:

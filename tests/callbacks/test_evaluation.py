@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from callbacks import ExplanationEvaluation, log_key
-from callbacks.sources import ensure_registered
 from impactx.attribution import available, create_explainer
 from impactx.metrics import DeletionAUC, LeRF, MoRF, NoiseAccuracy, Sparseness
 
@@ -129,9 +128,7 @@ def test_self_maps_need_no_gradients_and_match_the_metrics(make_trainer, digits,
 
 
 def test_partition_runs_under_inference_mode(make_trainer, digits, lenet):
-    ensure_registered()
-    if "partition" not in available():
-        pytest.skip("the partition explainer is not registered yet")
+    assert "partition" in available()
     callback = ExplanationEvaluation(
         explainers={"partition": {"max_evals": 40}}, metrics={"morf": {"n_steps": 4}}, num_images=4, batch_size=4
     )

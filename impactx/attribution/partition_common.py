@@ -1,0 +1,40 @@
+"""What ``partition`` and ``shap_partition`` share: their options, their checks and their result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from impactx.attribution.common import check_output
+
+DEFAULT_MAX_EVALS = 2000  # what IMPACTX used (Sec. 4.2 of the paper)
+# shap's PartitionExplainer with batch_size="auto" and an Image masker uses 10 masks per model call.
+DEFAULT_BATCH_SIZE = 10
+
+
+@dataclass(frozen=True)
+class OwenResult:
+    """Owen values of one image batch and what they are measured against.
+
+    ``attributions [B, C, H, W]`` sum (over C, H, W) to ``full_values - base_values`` (efficiency);
+    ``base_values [B]``: the explained output on the fully masked (blurred) image, shap's
+    ``expected_value``; ``full_values [B]``: the output on the image itself; ``evals [B]`` (int64): model
+    evaluations spent on each image, the two above included.
+    """
+
+    attributions: torch.Tensor
+    base_values: torch.Tensor
+    full_values: torch.Tensor
+    evals: torch.Tensor
+
+
+def check_partition_options(max_evals: int, batch_size: int, output: str) -> None:
+    """Raise early on a bad ``max_evals`` (>= 2: the full and the fully masked image), ``batch_size`` or ``output``."""
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 2:
+        raise ValueError(
+            f"max_evals must be an int >= 2 (the image and its fully masked copy), got {max_evals!r}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (masks per expansion round), got {batch_size!r}")
+    check_output(output)

@@ -1,0 +1,159 @@
+"""``shap_partition``: shap's own ``PartitionExplainer`` with a blurring ``Image`` masker (the reference).
+
+This is the attribution generator R of IMPACTX (Partition SHAP, 2000 evaluations; Sec. 4.2 of the
+paper) run through the installed shap library, one image at a time. :mod:`impactx.attribution.partition`
+computes the same Owen values batched on the device and is tested against this module.
+
+Conventions (shared with ``partition``):
+- the explained function is the model's ``output`` score of the target class; ``"prob"`` (softmax,
+  default) as IMPACTX, whose classifier is ``argmax(softmax(M(x)))`` and whose explanations are of those
+  class probabilities; ``"logit"`` and ``"log_prob"`` are available;
+- the masker blurs the tensors the model sees (the normalised inputs), with ``blur_kernel = (kh, kw)``,
+  by default ``round(8 * H / 32) x round(8 * W / 32)`` (shap's ``blur(8,8)`` at 32x32); see
+  :mod:`impactx.attribution.partition_blur`;
+- ``batch_size`` is shap's: the masks evaluated per expansion round. It is part of the algorithm, not only
+  a speed knob: shap pops ``ceil(batch_size / 2)`` nodes from its priority queue before it evaluates
+  them and pushes their children, so it changes which nodes get expanded. Give both explainers the
+  same value to get the same values (default 10, shap's own default for image maskers);
+- ``seed``: shap breaks priority ties with ``np.random.randn``; the global numpy RNG is seeded with it
+  for the call and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from impactx.attribution.base import Explainer
+from impactx.attribution.common import Output, target_scores
+from impactx.attribution.partition_blur import resolve_blur_kernel
+from impactx.attribution.partition_common import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_EVALS,
+    OwenResult,
+    check_partition_options,
+)
+from impactx.attribution.registry import register
+
+
+@contextlib.contextmanager
+def _numpy_seed(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@torch.no_grad()
+def shap_owen(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    max_evals: int = DEFAULT_MAX_EVALS,
+    blur_kernel: int | tuple[int, int] | None = None,
+    output: Output = "prob",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int | None = 0,
+) -> OwenResult:
+    """shap's Partition explanation of ``inputs [B, C, H, W]`` for classes ``target [B]`` (long).
+
+    The model is called as it is (put it in eval mode first); returns an :class:`OwenResult` on the
+    inputs' device, ``evals`` counting the rows shap passed to the model for each image.
+    """
+    import shap  # imported here: shap is slow to import and only this reference needs it
+
+    check_partition_options(max_evals, batch_size, output)
+    _, channels, height, width = inputs.shape
+    kh, kw = resolve_blur_kernel(blur_kernel, height, width)
+    images = inputs.detach().permute(0, 2, 3, 1).to("cpu", torch.float32).numpy()  # shap's masker wants HWC
+    values, base_values, full_values, evals = [], [], [], []
+    with _numpy_seed(seed):
+        for i in range(images.shape[0]):
+            count = [0]
+            label = target[i : i + 1]
+
+            def score(
+                batch_hwc: np.ndarray, label: torch.Tensor = label, count: list[int] = count
+            ) -> np.ndarray:
+                count[0] += len(batch_hwc)
+                x = torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2)
+                x = x.to(device=inputs.device, dtype=inputs.dtype)
+                return target_scores(model(x), label.expand(len(x)), output).cpu().double().numpy()
+
+            # a fresh masker per image: shap caches the blurred image under id(x), which Python may reuse
+            masker = shap.maskers.Image(f"blur({kw},{kh})", (height, width, channels))
+            explainer = shap.explainers.PartitionExplainer(score, masker)
+            explanation = explainer(
+                images[i : i + 1], max_evals=max_evals, batch_size=batch_size, silent=True
+            )
+            values.append(
+                np.asarray(explanation.values[0], dtype=np.float64).reshape(height, width, channels)
+            )
+            base_values.append(float(np.asarray(explanation.base_values).reshape(-1)[0]))
+            full_values.append(float(score(images[i : i + 1])[0]))
+            count[0] -= 1  # the line above is not part of shap's budget
+            evals.append(count[0])
+    device = inputs.device
+    attributions = torch.from_numpy(np.stack(values)).permute(0, 3, 1, 2).to(device, inputs.dtype)
+    return OwenResult(
+        attributions=attributions.contiguous(),
+        base_values=torch.tensor(base_values, dtype=torch.float64, device=device),
+        full_values=torch.tensor(full_values, dtype=torch.float64, device=device),
+        evals=torch.tensor(evals, dtype=torch.int64, device=device),
+    )
+
+
+@register("shap_partition")
+class ShapPartition(Explainer):
+    """Partition SHAP through the shap library (reference; a Python loop over images).
+
+    Args:
+        max_evals: shap's ``max_evals`` per image (default 2000, as IMPACTX).
+        blur_kernel: ``(kh, kw)`` box of the blur masker, or an int; ``None``: ``round(8*H/32)``, ``round(8*W/32)``.
+        output: ``"prob"`` (default), ``"logit"`` or ``"log_prob"`` score of the target class.
+        batch_size: masks per expansion round (shap's ``batch_size``; it changes the expansion order).
+        seed: seeds shap's random tie-breaks (``None``: use the global numpy RNG as it is).
+        reduce_channels: return ``[B, 1, H, W]`` (sum over channels).
+    """
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        max_evals: int = DEFAULT_MAX_EVALS,
+        blur_kernel: int | tuple[int, int] | None = None,
+        output: Output = "prob",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        seed: int | None = 0,
+        reduce_channels: bool = False,
+    ) -> None:
+        super().__init__(reduce_channels=reduce_channels)
+        check_partition_options(max_evals, batch_size, output)
+        if blur_kernel is not None:
+            resolve_blur_kernel(blur_kernel, 32, 32)
+        self.max_evals = max_evals
+        self.blur_kernel = blur_kernel
+        self.output = output
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return shap_owen(
+            model,
+            inputs,
+            target,
+            max_evals=self.max_evals,
+            blur_kernel=self.blur_kernel,
+            output=self.output,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        ).attributions
