@@ -35,13 +35,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["lenet5", "resnet18_cifar"])
-    parser.add_argument("--batch", type=int, default=4096, help="impactx's internal_batch_size")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="impactx's internal_batch_size (default 64 on CPU, 4096 on GPU)"
+    )
     args = parser.parse_args()
 
     import quantus
 
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
+    args.batch = args.batch or (4096 if device.type == "cuda" else 64)
     images, source = cifar_images(args.images, device)
     print(f"device: {device_name(device)}; {args.images} images: {source}")
     rows = []

@@ -139,15 +139,22 @@ def masked_scores(
         internal_batch_size: variants per forward pass (all at once when ``None``).
     """
     b, s = counts.shape
-    total = b * s
-    chunk = total if not internal_batch_size else int(internal_batch_size)
-    out = []
-    for start in range(0, total, chunk):
-        q = torch.arange(start, min(total, start + chunk), device=images.device)
-        img, step = q // s, q % s
-        k = counts[img, step].view(-1, 1, 1, 1)
-        ranks = rank_map[img]
-        replaced = ranks < k if replace_first else ranks >= k
-        x = torch.where(replaced, replacement[img], images[img])
-        out.append(target_scores(model(x), targets[img], output))
-    return torch.cat(out).view(b, s)
+    chunk = b * s if not internal_batch_size else int(internal_batch_size)
+    # Blocks of whole images x curve points, built by broadcasting (no gathers): ``images_per_block``
+    # images with ``steps_per_block`` of their points each, at most ``chunk`` variants per forward pass.
+    steps_per_block = math.ceil(s / math.ceil(s / chunk))  # balanced: 65 points at 64 -> 33 + 32, not 64 + 1
+    images_per_block = max(1, chunk // s)
+    scores = torch.empty(b, s, device=images.device, dtype=images.dtype)
+    for i in range(0, b, images_per_block):
+        rows = slice(i, i + images_per_block)
+        n = images[rows].shape[0]
+        ranks = rank_map[rows].unsqueeze(1)  # [n, 1, c, H, W]
+        clean, fill = images[rows].unsqueeze(1), replacement[rows].unsqueeze(1)
+        for j in range(0, s, steps_per_block):
+            k = counts[rows, j : j + steps_per_block]
+            k = k.reshape(n, -1, 1, 1, 1)
+            replaced = ranks < k if replace_first else ranks >= k
+            x = torch.where(replaced, fill, clean).flatten(0, 1)
+            target = targets[rows].repeat_interleave(k.shape[1])
+            scores[rows, j : j + steps_per_block] = target_scores(model(x), target, output).view(n, -1).to(scores.dtype)
+    return scores
