@@ -9,6 +9,8 @@ flat batch, chunked by ``internal_batch_size``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,26 +33,48 @@ def path_attribution(
     Args:
         inputs: ``[B, C, H, W]``.
         target: ``[B]`` long.
-        references: ``[B, S, C, H, W]`` (may be an expanded view). All ``B*S`` path points are built up
-            front; ``internal_batch_size`` bounds the model's activations, which dominate memory on real models.
+        references: ``[B, S, C, H, W]``; an expanded view with stride 0 along ``S`` (one reference per
+            image, as in IG) lets the gradients be weight-summed before the single product with ``x - r``.
         alphas: ``[B, S]`` positions in ``[0, 1]`` along each path.
         weights: ``[B, S]`` weights of the samples.
         create_graph: keep the graph so the result can be backpropagated to the model's parameters.
+        internal_batch_size: at most this many path points per forward/backward pass (``None``: all).
+            Points are built block by block (whole images, or slices of one image's samples), so memory
+            is bounded by the block, not by ``B * S``.
 
     Returns:
         ``[B, C, H, W]`` attributions.
     """
     batch, samples = alphas.shape
-    delta = inputs.unsqueeze(1) - references  # [B, S, C, H, W]
-    a = alphas.to(inputs.dtype).view(batch, samples, 1, 1, 1)
-    points = (references + a * delta).reshape(batch * samples, *inputs.shape[1:])
-    _, grads = score_gradients(
-        model,
-        points,
-        target.repeat_interleave(samples),
-        output=output,
-        create_graph=create_graph,
-        internal_batch_size=internal_batch_size,
-    )
-    w = weights.to(inputs.dtype).view(batch, samples, 1, 1, 1)
-    return (w * delta * grads.view_as(delta)).sum(dim=1)
+    chunk = batch * samples if not internal_batch_size else max(1, int(internal_batch_size))
+    shared_reference = samples == 1 or references.stride(1) == 0
+    steps_per_block = math.ceil(samples / math.ceil(samples / chunk))
+    images_per_block = max(1, chunk // samples)
+    dtype = inputs.dtype
+    blocks = []
+    for i in range(0, batch, images_per_block):
+        rows = slice(i, i + images_per_block)
+        x = inputs[rows].unsqueeze(1)  # [n, 1, C, H, W]
+        n = x.shape[0]
+        total = None
+        for j in range(0, samples, steps_per_block):
+            cols = slice(j, j + steps_per_block)
+            ref = references[rows, cols]  # [n, s, C, H, W]
+            delta = x - ref
+            a = alphas[rows, cols].to(dtype).reshape(n, -1, 1, 1, 1)
+            w = weights[rows, cols].to(dtype).reshape(n, -1, 1, 1, 1)
+            s = a.shape[1]
+            points = (ref + a * delta).reshape(n * s, *inputs.shape[1:])
+            _, grads = score_gradients(
+                model, points, target[rows].repeat_interleave(s), output=output, create_graph=create_graph
+            )
+            grads = grads.view(n, s, *inputs.shape[1:])
+            if shared_reference:
+                part = (w * grads).sum(dim=1)  # multiplied by (x - r) once, below
+            else:
+                part = (w * delta * grads).sum(dim=1)
+            total = part if total is None else total + part
+        if shared_reference:
+            total = total * (inputs[rows] - references[rows, 0])
+        blocks.append(total)
+    return torch.cat(blocks)
