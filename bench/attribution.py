@@ -71,7 +71,7 @@ def main() -> None:
     for name in args.models:
         model = bench_model(name, device)
         with torch.no_grad():
-            labels = model(pool[:512]).argmax(1)
+            labels = torch.cat([model(pool[i : i + 512]).argmax(1) for i in range(0, len(pool), 512)])
         background = pool[-64:]
         fwd = forward_rate(model, device, backward=False)
         fwdbwd = forward_rate(model, device, backward=True)

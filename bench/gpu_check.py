@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from bench.common import bench_model, cifar_images, print_table
+from bench.common import bench_model, cifar_images, device_name, print_table
 from impactx.attribution import available, create_explainer
 
 
@@ -25,17 +25,26 @@ def pearson_min(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda", help="the device compared with the CPU")
+    parser.add_argument("--max-evals", type=int, default=2000)
+    args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    cuda = torch.device("cuda")
+    # Compare true float32 on both sides: cuDNN convolutions default to TF32 on Ampere and newer.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cuda = torch.device(args.device)
     cpu = torch.device("cpu")
     images, source = cifar_images(16, cpu)
-    print(f"GPU: {torch.cuda.get_device_name(cuda)}; images: {source}")
+    print(f"device: {device_name(cuda)}; images: {source}")
     options = {
         "ig": {"n_steps": 50},
         "eg": {"n_samples": 200, "seed": 0},
         "wg": {"n_baselines": 8, "n_steps": 32, "seed": 0},
         "deepprior_eg": {"n_samples": 200, "seed": 0},
-        "partition": {"max_evals": 2000},
+        "partition": {"max_evals": args.max_evals},
     }
     needs_background = {"eg", "wg", "deepprior_eg"}
     rows = []
@@ -58,7 +67,7 @@ def main() -> None:
             a_gpu = create_explainer(method, **kwargs)(model_gpu, x.to(cuda), y.to(cuda)).cpu()
             rel = ((a_gpu - a_cpu).abs().max() / a_cpu.abs().max()).item()
             rows.append([name, method, f"{rel:.2e}", f"{pearson_min(a_cpu, a_gpu):.6f}"])
-    print_table("CUDA vs CPU maps (float32)", ["model", "method", "max |diff| / max |cpu|", "min Pearson r"], rows)
+    print_table(f"{args.device} vs CPU maps (float32)", ["model", "method", "max |diff| / max |cpu|", "min Pearson r"], rows)
 
 
 if __name__ == "__main__":
