@@ -43,6 +43,10 @@ def main() -> None:
     import quantus
 
     warnings.filterwarnings("ignore")
+    # Both sides in true float32: with TF32 convolutions (the CUDA default) curves differ by ~1e-4 between
+    # batch compositions, which would hide a real disagreement.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device)
     args.batch = args.batch or (4096 if device.type == "cuda" else 64)
     images, source = cifar_images(args.images, device)
