@@ -49,6 +49,12 @@ def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: 
     return target_t
 
 
+def check_internal_batch_size(value: int | None) -> None:
+    """``internal_batch_size`` (points per forward/backward pass) must be ``None`` or a positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"internal_batch_size must be None or a positive int, got {value!r}")
+
+
 def check_output(output: str) -> None:
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")

@@ -56,7 +56,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import check_output, eval_mode, image_keys, keyed_uniform
+from impactx.attribution.common import (
+    check_internal_batch_size,
+    check_output,
+    eval_mode,
+    image_keys,
+    keyed_uniform,
+)
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.priors_fit import GaussianDensity, MixtureDensity
 from impactx.attribution.registry import register
@@ -208,8 +214,7 @@ class DeepPriorEG(Explainer):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if shrinkage is not None and not 0.0 <= float(shrinkage) <= 1.0:
             raise ValueError(f"shrinkage must lie in [0, 1] or be None (Ledoit-Wolf), got {shrinkage!r}")
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+        check_internal_batch_size(internal_batch_size)
         self.prior = prior
         self.layer = layer
         self.n_components = n_components

@@ -21,7 +21,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output, check_inputs, check_output, image_keys, keyed_uniform
+from impactx.attribution.common import (
+    Output,
+    check_inputs,
+    check_internal_batch_size,
+    check_output,
+    image_keys,
+    keyed_uniform,
+)
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
 
@@ -79,7 +86,15 @@ class BackgroundMixin:
     split: str
     seed: int | None
 
-    def _init_background(self, background: BackgroundSource | None) -> None:
+    def _init_background(
+        self, background: BackgroundSource | None, seed: int | None, max_background: int, split: str
+    ) -> None:
+        """Check and store the background options, then the source (materialised at the next call)."""
+        if max_background < 1:
+            raise ValueError(f"max_background must be >= 1, got {max_background}")
+        self.seed = seed
+        self.max_background = max_background
+        self.split = split
         self._background_source: BackgroundSource | None = None
         self._background: torch.Tensor | None = None
         self._background_cast: torch.Tensor | None = None
@@ -203,18 +218,12 @@ class ExpectedGradients(BackgroundMixin, Explainer):
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
         check_output(output)
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1 or None, got {internal_batch_size}")
-        if max_background < 1:
-            raise ValueError(f"max_background must be >= 1, got {max_background}")
+        check_internal_batch_size(internal_batch_size)
         self.n_samples = n_samples
         self.output = output
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
-        self.seed = seed
-        self.max_background = max_background
-        self.split = split
-        self._init_background(background)
+        self._init_background(background, seed, max_background, split)
 
     def draw(self, inputs: torch.Tensor, n_background: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(indices [B,S], alphas [B,S])`` this explainer uses for ``inputs`` under ``seed``."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output, check_output
+from impactx.attribution.common import Output, check_internal_batch_size, check_output
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
 
@@ -106,8 +106,7 @@ class IntegratedGradients(Explainer):
         super().__init__(reduce_channels=reduce_channels)
         quadrature(method, n_steps)  # validates both early
         check_output(output)
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1 or None, got {internal_batch_size}")
+        check_internal_batch_size(internal_batch_size)
         self.n_steps = n_steps
         self.baseline = baseline
         self.method = method

@@ -42,11 +42,12 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output
+from impactx.attribution.common import Output, check_internal_batch_size
 from impactx.attribution.partition_blur import box_blur, resolve_blur_kernel
 from impactx.attribution.partition_common import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_EVALS,
+    OwenOptionsMixin,
     OwenResult,
     check_partition_options,
 )
@@ -64,10 +65,6 @@ DEVICE_INTERNAL_BATCH_SIZE = 8192
 def default_internal_batch_size(device: torch.device) -> int:
     return CPU_INTERNAL_BATCH_SIZE if device.type == "cpu" else DEVICE_INTERNAL_BATCH_SIZE
 
-
-def _check_internal_batch_size(value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"internal_batch_size must be None or a positive int, got {value!r}")
 
 
 def expansion_evals(max_evals: int) -> int:
@@ -159,7 +156,7 @@ def partition_owen(
     :class:`OwenResult` on the inputs' device; ``attributions`` in the inputs' dtype.
     """
     check_partition_options(max_evals, batch_size, output)
-    _check_internal_batch_size(internal_batch_size)
+    check_internal_batch_size(internal_batch_size)
     batch, channels, height, width = inputs.shape
     device = inputs.device
     if internal_batch_size is None:
@@ -247,7 +244,7 @@ def _result(
 
 
 @register("partition")
-class Partition(Explainer):
+class Partition(OwenOptionsMixin, Explainer):
     """Partition SHAP (Owen values over shap's image hierarchy, blur masking), batched on the device.
 
     Gives the values of ``shap_partition`` with the same options, every image of the batch and all
@@ -275,14 +272,8 @@ class Partition(Explainer):
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
-        check_partition_options(max_evals, batch_size, output)
-        _check_internal_batch_size(internal_batch_size)
-        if blur_kernel is not None:
-            resolve_blur_kernel(blur_kernel, 32, 32)
-        self.max_evals = max_evals
-        self.blur_kernel = blur_kernel
-        self.output = output
-        self.batch_size = batch_size
+        self._init_owen_options(max_evals, blur_kernel, output, batch_size)
+        check_internal_batch_size(internal_batch_size)
         self.internal_batch_size = internal_batch_size
 
     def evals_per_image(self) -> int:
@@ -291,12 +282,5 @@ class Partition(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return partition_owen(
-            model,
-            inputs,
-            target,
-            max_evals=self.max_evals,
-            blur_kernel=self.blur_kernel,
-            output=self.output,
-            batch_size=self.batch_size,
-            internal_batch_size=self.internal_batch_size,
+            model, inputs, target, internal_batch_size=self.internal_batch_size, **self._owen_options()
         ).attributions

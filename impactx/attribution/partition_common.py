@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from impactx.attribution.common import check_output
+from impactx.attribution.partition_blur import resolve_blur_kernel
 
 DEFAULT_MAX_EVALS = 2000  # what IMPACTX used (Sec. 4.2 of the paper)
 # shap's PartitionExplainer with batch_size="auto" and an Image masker uses 10 masks per model call.
@@ -38,3 +40,33 @@ def check_partition_options(max_evals: int, batch_size: int, output: str) -> Non
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (masks per expansion round), got {batch_size!r}")
     check_output(output)
+
+
+class OwenOptionsMixin:
+    """The options both Partition explainers share (``max_evals``, ``blur_kernel``, ``output``,
+    ``batch_size``): checked and stored by :meth:`_init_owen_options`, handed on by :meth:`_owen_options`."""
+
+    max_evals: int
+    blur_kernel: int | tuple[int, int] | None
+    output: str
+    batch_size: int
+
+    def _init_owen_options(
+        self, max_evals: int, blur_kernel: int | tuple[int, int] | None, output: str, batch_size: int
+    ) -> None:
+        check_partition_options(max_evals, batch_size, output)
+        if blur_kernel is not None:
+            resolve_blur_kernel(blur_kernel, 32, 32)  # its form now; whether it fits the images at call time
+        self.max_evals = max_evals
+        self.blur_kernel = blur_kernel
+        self.output = output
+        self.batch_size = batch_size
+
+    def _owen_options(self) -> dict[str, Any]:
+        """The shared options as keyword arguments of ``partition_owen`` / ``shap_owen``."""
+        return dict(
+            max_evals=self.max_evals,
+            blur_kernel=self.blur_kernel,
+            output=self.output,
+            batch_size=self.batch_size,
+        )

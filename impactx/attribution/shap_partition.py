@@ -34,6 +34,7 @@ from impactx.attribution.partition_blur import resolve_blur_kernel
 from impactx.attribution.partition_common import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_EVALS,
+    OwenOptionsMixin,
     OwenResult,
     check_partition_options,
 )
@@ -113,7 +114,7 @@ def shap_owen(
 
 
 @register("shap_partition")
-class ShapPartition(Explainer):
+class ShapPartition(OwenOptionsMixin, Explainer):
     """Partition SHAP through the shap library (reference; a Python loop over images).
 
     Args:
@@ -137,23 +138,8 @@ class ShapPartition(Explainer):
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
-        check_partition_options(max_evals, batch_size, output)
-        if blur_kernel is not None:
-            resolve_blur_kernel(blur_kernel, 32, 32)
-        self.max_evals = max_evals
-        self.blur_kernel = blur_kernel
-        self.output = output
-        self.batch_size = batch_size
+        self._init_owen_options(max_evals, blur_kernel, output, batch_size)
         self.seed = seed
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return shap_owen(
-            model,
-            inputs,
-            target,
-            max_evals=self.max_evals,
-            blur_kernel=self.blur_kernel,
-            output=self.output,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        ).attributions
+        return shap_owen(model, inputs, target, seed=self.seed, **self._owen_options()).attributions

@@ -44,13 +44,18 @@ from impactx.attribution.base import Explainer
 from impactx.attribution.common import (
     Output,
     check_inputs,
+    check_internal_batch_size,
     check_output,
     eval_mode,
     forward_scores,
     image_keys,
     keyed_uniform,
 )
-from impactx.attribution.eg import BackgroundMixin, BackgroundSource, materialise_background
+from impactx.attribution.eg import (
+    BackgroundMixin,
+    BackgroundSource,
+    materialise_background,
+)
 from impactx.attribution.ig import Quadrature, quadrature
 from impactx.attribution.neutral import Neutral, check_neutral, neutral_images
 from impactx.attribution.paths import path_attribution
@@ -87,6 +92,16 @@ def mask_top(
     return torch.where(mask, neutral, inputs)
 
 
+def _check_fitness_options(alpha: float, epsilon: float, max_iterations: int) -> None:
+    """The ``D_alpha`` search options: ``alpha`` in (0, 1), ``epsilon >= 0``, ``max_iterations >= 1``."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+
+
 def fitness_counts(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -111,12 +126,7 @@ def fitness_counts(
         ``(counts [N] long in [0, H*W], iterations)``; each iteration is one forward pass over all ``N``
         candidates (chunked by ``internal_batch_size``), ``ceil(log2(H*W + 1))`` of them in all.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    if epsilon < 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    if max_iterations < 1:
-        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+    _check_fitness_options(alpha, epsilon, max_iterations)
     inputs, neutral = inputs.detach(), neutral.detach()
     n, d = inputs.shape[0], inputs.shape[-2] * inputs.shape[-1]
     ranks = pixel_ranks(attributions)
@@ -213,20 +223,12 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         if baselines is not None:
             baselines = materialise_background(baselines)
             n_baselines = baselines.shape[0]
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-        if epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-        if max_iterations < 1:
-            raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        _check_fitness_options(alpha, epsilon, max_iterations)
         if not 0 <= drop_lowest < n_baselines:
             raise ValueError(
                 f"drop_lowest must lie in [0, {n_baselines - 1}] for {n_baselines} baselines, got {drop_lowest}"
             )
-        if internal_batch_size is not None and internal_batch_size < 1:
-            raise ValueError(f"internal_batch_size must be >= 1 or None, got {internal_batch_size}")
-        if max_background < 1:
-            raise ValueError(f"max_background must be >= 1, got {max_background}")
+        check_internal_batch_size(internal_batch_size)
         self.baselines = baselines
         self.n_baselines = n_baselines
         self.n_steps = n_steps
@@ -242,10 +244,7 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         self.fitness_output = fitness_output
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
-        self.seed = seed
-        self.max_background = max_background
-        self.split = split
-        self._init_background(background)
+        self._init_background(background, seed, max_background, split)
 
     def explain(
         self,

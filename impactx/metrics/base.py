@@ -6,8 +6,15 @@ the single-process mean, whatever the shard sizes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import torch
+from torch import nn
 from torchmetrics import Metric
+
+from impactx.metrics.functional.perturbation import Replacement, check_replacement
+from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
 
 
 class CurveMetric(Metric):
@@ -37,6 +44,62 @@ class CurveMetric(Metric):
     def mean_curve(self) -> torch.Tensor:
         """Mean over all images seen (``[n_points]``)."""
         return self.curve_sum / self.count
+
+
+class PerturbationCurveMetric(CurveMetric):
+    """A curve over ``n_steps + 1`` perturbed copies of each image, summarised by one number.
+
+    Holds the options every perturbation curve shares (how replaced units are filled, the score, the
+    chunking). A subclass names its curve function (``curve_fn(model, images, targets, maps, **options)
+    -> [B, n_steps + 1]``), its summary (``summary_name``, ``summary_fn(curve [n + 1]) -> []``), and
+    passes the options that pick its curve (``curve_options``, checked by the subclass) to this
+    constructor. :attr:`options` holds all of them, ready for ``curve_fn``.
+    """
+
+    curve_fn: ClassVar[Callable[..., torch.Tensor]]
+    summary_name: ClassVar[str]
+    summary_fn: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+
+    def __init__(
+        self,
+        curve_options: dict[str, Any],
+        n_steps: int,
+        replacement: Replacement,
+        value: float | torch.Tensor,
+        noise_range: tuple[float, float] | None,
+        blur_sigma: float,
+        seed: int,
+        output: str,
+        internal_batch_size: int | None,
+        **kwargs,
+    ) -> None:
+        check_positive_int("n_steps", n_steps)
+        check_replacement(replacement)
+        check_output_name(output)
+        check_chunk(internal_batch_size)
+        super().__init__(n_steps + 1, **kwargs)
+        self.options = dict(
+            **curve_options,
+            n_steps=n_steps,
+            replacement=replacement,
+            value=value,
+            noise_range=noise_range,
+            blur_sigma=blur_sigma,
+            seed=seed,
+            output=output,
+            internal_batch_size=internal_batch_size,
+        )
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
+        self._accumulate(self.curve_fn(model, images, targets, maps, **self.options))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``{"curve": mean score per curve point [n_steps + 1], summary_name: its summary []}``."""
+        curve = self.mean_curve()
+        return {"curve": curve, self.summary_name: self.summary_fn(curve)}
 
 
 class ScalarMetric(Metric):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
-from torch import nn
 
-from impactx.metrics.base import CurveMetric
+from impactx.metrics.base import PerturbationCurveMetric
 from impactx.metrics.functional.deletion import deletion_curve, insertion_curve, riemann_auc
-from impactx.metrics.functional.perturbation import Replacement, check_replacement
-from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+from impactx.metrics.functional.perturbation import Replacement
 
 
-class _PixelCurve(CurveMetric):
-    insert: ClassVar[bool] = False
+class _PixelCurve(PerturbationCurveMetric):
+    """Deletion/insertion: ``compute()`` gives ``{"curve": mean score at p_i = i/N [N + 1], "auc": 1/N
+    sum_{i>=1} curve[i]}``."""
+
+    summary_name = "auc"
+    summary_fn = staticmethod(riemann_auc)
 
     def __init__(
         self,
@@ -28,12 +28,8 @@ class _PixelCurve(CurveMetric):
         internal_batch_size: int | None = 128,
         **kwargs,
     ) -> None:
-        check_positive_int("n_steps", n_steps)
-        check_replacement(replacement)
-        check_output_name(output)
-        check_chunk(internal_batch_size)
-        super().__init__(n_steps + 1, **kwargs)
-        self.options = dict(
+        super().__init__(
+            curve_options={},
             n_steps=n_steps,
             replacement=replacement,
             value=value,
@@ -42,19 +38,8 @@ class _PixelCurve(CurveMetric):
             seed=seed,
             output=output,
             internal_batch_size=internal_batch_size,
+            **kwargs,
         )
-
-    def update(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
-    ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
-        curve_fn = insertion_curve if self.insert else deletion_curve
-        self._accumulate(curve_fn(model, images, targets, maps, **self.options))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``{"curve": mean score at p_i = i/N [N + 1], "auc": 1/N sum_{i>=1} curve[i]}``."""
-        curve = self.mean_curve()
-        return {"curve": curve, "auc": riemann_auc(curve)}
 
 
 class DeletionAUC(_PixelCurve):
@@ -81,7 +66,7 @@ class DeletionAUC(_PixelCurve):
         True
     """
 
-    insert = False
+    curve_fn = staticmethod(deletion_curve)
     higher_is_better = False
 
 
@@ -100,5 +85,5 @@ class InsertionAUC(_PixelCurve):
         0.5
     """
 
-    insert = True
+    curve_fn = staticmethod(insertion_curve)
     higher_is_better = True

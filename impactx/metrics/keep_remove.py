@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from impactx.metrics.base import CurveMetric
+from impactx.metrics.base import PerturbationCurveMetric
 from impactx.metrics.functional.keep_remove import keep_remove_curve, trapezoid_auc
-from impactx.metrics.functional.perturbation import Replacement, check_replacement
-from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+from impactx.metrics.functional.perturbation import Replacement
 
 
-class KeepRemoveMetric(CurveMetric):
+class KeepRemoveMetric(PerturbationCurveMetric):
     r"""Base of the six keep/remove metrics; ``variant`` picks the curve.
 
     The curve is the mean target output after keeping (K*M) or removing (R*M) the first ``k_j`` eligible
@@ -29,6 +27,9 @@ class KeepRemoveMetric(CurveMetric):
     """
 
     variant: ClassVar[str] = "kpm"
+    curve_fn = staticmethod(keep_remove_curve)
+    summary_name = "auc"  # compute(): {"curve": mean output at fractions j/n [n + 1], "auc": trapezoidal area}
+    summary_fn = staticmethod(trapezoid_auc)
 
     def __init__(
         self,
@@ -42,13 +43,8 @@ class KeepRemoveMetric(CurveMetric):
         internal_batch_size: int | None = 128,
         **kwargs,
     ) -> None:
-        check_positive_int("n_steps", n_steps)
-        check_replacement(replacement)
-        check_output_name(output)
-        check_chunk(internal_batch_size)
-        super().__init__(n_steps + 1, **kwargs)
-        self.options = dict(
-            variant=self.variant,
+        super().__init__(
+            curve_options=dict(variant=self.variant),
             n_steps=n_steps,
             replacement=replacement,
             value=value,
@@ -57,18 +53,8 @@ class KeepRemoveMetric(CurveMetric):
             seed=seed,
             output=output,
             internal_batch_size=internal_batch_size,
+            **kwargs,
         )
-
-    def update(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
-    ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
-        self._accumulate(keep_remove_curve(model, images, targets, maps, **self.options))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``{"curve": mean output at fractions j/n [n + 1], "auc": trapezoidal area}``."""
-        curve = self.mean_curve()
-        return {"curve": curve, "auc": trapezoid_auc(curve)}
 
 
 class KeepPositiveMean(KeepRemoveMetric):

@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from impactx.metrics.base import CurveMetric
-from impactx.metrics.functional.perturbation import Replacement, check_replacement
+from impactx.metrics.base import PerturbationCurveMetric
+from impactx.metrics.functional.perturbation import Replacement
 from impactx.metrics.functional.region import aopc, region_perturbation_curve
-from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+from impactx.metrics.functional.validation import check_positive_int
 
 
-class _RegionPerturbation(CurveMetric):
+class _RegionPerturbation(PerturbationCurveMetric):
+    """MoRF/LeRF: ``compute()`` gives ``{"curve": mean f_y(x_k) [n_steps + 1], "aopc": scalar}``."""
+
     order: ClassVar[str] = "morf"
+    curve_fn = staticmethod(region_perturbation_curve)
+    summary_name = "aopc"
+    summary_fn = staticmethod(aopc)
 
     def __init__(
         self,
@@ -30,14 +34,8 @@ class _RegionPerturbation(CurveMetric):
         **kwargs,
     ) -> None:
         check_positive_int("patch_size", patch_size)
-        check_positive_int("n_steps", n_steps)
-        check_replacement(replacement)
-        check_output_name(output)
-        check_chunk(internal_batch_size)
-        super().__init__(n_steps + 1, **kwargs)
-        self.options = dict(
-            order=self.order,
-            patch_size=patch_size,
+        super().__init__(
+            curve_options=dict(order=self.order, patch_size=patch_size),
             n_steps=n_steps,
             replacement=replacement,
             value=value,
@@ -46,18 +44,8 @@ class _RegionPerturbation(CurveMetric):
             seed=seed,
             output=output,
             internal_batch_size=internal_batch_size,
+            **kwargs,
         )
-
-    def update(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
-    ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
-        self._accumulate(region_perturbation_curve(model, images, targets, maps, **self.options))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """``{"curve": mean f_y(x_k) [n_steps + 1], "aopc": scalar}``."""
-        curve = self.mean_curve()
-        return {"curve": curve, "aopc": aopc(curve)}
 
 
 class MoRF(_RegionPerturbation):

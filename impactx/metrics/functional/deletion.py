@@ -5,20 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode
-from impactx.metrics.functional.perturbation import (
-    Replacement,
-    masked_scores,
-    ranks_from_scores,
-    replacement_values,
-)
-from impactx.metrics.functional.validation import (
-    check_batch,
-    check_chunk,
-    check_maps,
-    check_output_name,
-    check_positive_int,
-)
+from impactx.metrics.functional.perturbation import Replacement, perturbation_curve, ranks_from_scores
+from impactx.metrics.functional.validation import check_curve_inputs, check_positive_int
 
 
 def feature_counts(n_features: int, n_steps: int, device: torch.device) -> torch.Tensor:
@@ -42,18 +30,16 @@ def _pixel_curve(
     output: str,
     internal_batch_size: int | None,
 ) -> torch.Tensor:
-    targets_t = check_batch(model, images, targets)
-    maps = check_maps(images, maps)
-    check_output_name(output)
-    chunk = check_chunk(internal_batch_size)
+    targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
     b = images.shape[0]
     n_features = maps[0].numel()
     n = check_positive_int("n_steps", n_steps, n_features, "the number of map entries")
     rank_map = ranks_from_scores(maps.reshape(b, -1), descending=True).view(maps.shape)
     counts = feature_counts(n_features, n, images.device).expand(b, -1)
-    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
-    with eval_mode(model):
-        return masked_scores(model, images, targets_t, fill, rank_map, counts, not insert, output, chunk)
+    return perturbation_curve(
+        model, images, targets_t, rank_map, counts, not insert, output, chunk,
+        replacement, value, noise_range, blur_sigma, seed,
+    )
 
 
 def deletion_curve(

@@ -27,20 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode
-from impactx.metrics.functional.perturbation import (
-    Replacement,
-    masked_scores,
-    ranks_from_scores,
-    replacement_values,
-)
-from impactx.metrics.functional.validation import (
-    check_batch,
-    check_chunk,
-    check_maps,
-    check_output_name,
-    check_positive_int,
-)
+from impactx.metrics.functional.perturbation import Replacement, perturbation_curve, ranks_from_scores
+from impactx.metrics.functional.validation import check_curve_inputs, check_positive_int
 
 Variant = Literal["kpm", "knm", "kam", "rpm", "rnm", "ram"]
 VARIANTS: tuple[str, ...] = ("kpm", "knm", "kam", "rpm", "rnm", "ram")
@@ -71,10 +59,7 @@ def keep_remove_curve(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    targets_t = check_batch(model, images, targets)
-    maps = check_maps(images, maps)
-    check_output_name(output)
-    chunk = check_chunk(internal_batch_size)
+    targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
     b = images.shape[0]
     n_features = maps[0].numel()
     n = check_positive_int("n_steps", n_steps, n_features, "the number of map entries")
@@ -95,11 +80,10 @@ def keep_remove_curve(
     ranks = torch.where(eligible, ranks, torch.full_like(ranks, n_features if keep else -1))
     fractions = (torch.arange(n + 1, device=images.device) * n_features) // n
     counts = torch.minimum(fractions.view(1, -1), eligible.sum(dim=1, keepdim=True))
-    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
-    with eval_mode(model):
-        return masked_scores(
-            model, images, targets_t, fill, ranks.view(maps.shape), counts, not keep, output, chunk
-        )
+    return perturbation_curve(
+        model, images, targets_t, ranks.view(maps.shape), counts, not keep, output, chunk,
+        replacement, value, noise_range, blur_sigma, seed,
+    )
 
 
 def trapezoid_auc(curve: torch.Tensor) -> torch.Tensor:

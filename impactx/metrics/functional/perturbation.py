@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impactx.attribution.common import image_keys, keyed_uniform, target_scores
+from impactx.attribution.common import eval_mode, image_keys, keyed_uniform, target_scores
 
 Replacement = Literal["uniform", "constant", "blur"]
 REPLACEMENTS: tuple[str, ...] = ("uniform", "constant", "blur")
@@ -158,3 +158,27 @@ def masked_scores(
             target = targets[rows].repeat_interleave(k.shape[1])
             scores[rows, j : j + steps_per_block] = target_scores(model(x), target, output).view(n, -1).to(scores.dtype)
     return scores
+
+
+def perturbation_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    rank_map: torch.Tensor,
+    counts: torch.Tensor,
+    replace_first: bool,
+    output: str,
+    internal_batch_size: int | None,
+    replacement: Replacement,
+    value: float | torch.Tensor,
+    noise_range: tuple[float, float] | None,
+    blur_sigma: float,
+    seed: int,
+) -> torch.Tensor:
+    """:func:`masked_scores` ``[B, S]`` with the fill of :func:`replacement_values`, the model in eval mode
+    (restored afterwards): the common end of every perturbation curve."""
+    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
+    with eval_mode(model):
+        return masked_scores(
+            model, images, targets, fill, rank_map, counts, replace_first, output, internal_batch_size
+        )

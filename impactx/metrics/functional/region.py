@@ -7,23 +7,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode
 from impactx.metrics.functional.perturbation import (
     Replacement,
-    masked_scores,
+    perturbation_curve,
     ranks_from_scores,
     region_rank_map,
     region_sums,
-    replacement_values,
 )
-from impactx.metrics.functional.validation import (
-    check_batch,
-    check_chunk,
-    check_maps,
-    check_output_name,
-    check_patch_size,
-    check_positive_int,
-)
+from impactx.metrics.functional.validation import check_curve_inputs, check_patch_size, check_positive_int
 
 Order = Literal["morf", "lerf"]
 
@@ -62,10 +53,7 @@ def region_perturbation_curve(
     """
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
-    targets_t = check_batch(model, images, targets)
-    maps = check_maps(images, maps)
-    check_output_name(output)
-    chunk = check_chunk(internal_batch_size)
+    targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
     _, _, h, w = images.shape
     p = check_patch_size(patch_size, h, w)
     n_regions = (h // p) * (w // p)
@@ -78,9 +66,10 @@ def region_perturbation_curve(
     ranks = ranks_from_scores(region_sums(maps, p), descending=order == "morf")
     rank_map = region_rank_map(ranks, h, w, p)
     counts = torch.arange(n + 1, device=images.device).expand(images.shape[0], -1)
-    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
-    with eval_mode(model):
-        return masked_scores(model, images, targets_t, fill, rank_map, counts, True, output, chunk)
+    return perturbation_curve(
+        model, images, targets_t, rank_map, counts, True, output, chunk,
+        replacement, value, noise_range, blur_sigma, seed,
+    )
 
 
 def morf_curve(

@@ -45,6 +45,22 @@ def check_maps(images: torch.Tensor, maps: torch.Tensor, name: str = "maps") -> 
     return maps.to(images.device)
 
 
+def check_curve_inputs(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    maps: torch.Tensor,
+    output: str,
+    internal_batch_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """The checks every perturbation curve starts with: returns ``(targets [B] long, maps, chunk)``
+    (see :func:`check_batch`, :func:`check_maps`, :func:`check_chunk`); ``output`` is checked too."""
+    targets_t = check_batch(model, images, targets)
+    maps = check_maps(images, maps)
+    check_output_name(output)
+    return targets_t, maps, check_chunk(internal_batch_size)
+
+
 def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Ground-truth ``masks`` ``[B,1,H,W]`` or ``[B,H,W]`` (nonzero = object) -> bool ``[B,H*W]``."""
     if not isinstance(masks, torch.Tensor):
