@@ -193,7 +193,8 @@ class ExpectedGradients(BackgroundMixin, Explainer):
         output: explained score: ``"logit"``, ``"prob"`` or ``"log_prob"``.
         create_graph: keep the graph (double backward), so a loss on the attributions trains the model.
         internal_batch_size: at most this many path points per forward/backward (``None``: all at once).
-        seed: seed of the draws (``None``: a fresh seed per call from torch's global RNG); also seeds which
+        seed: seed of the draws (default 0: the same map on every call; ``None``: a fresh seed per call from
+            torch's global RNG, e.g. inside a training loss); also seeds which
             items of a Dataset/datamodule become the background (0 when ``None``).
         max_background: at most this many images are taken from a Dataset/datamodule.
         split: the datamodule split the background comes from.
@@ -209,7 +210,7 @@ class ExpectedGradients(BackgroundMixin, Explainer):
         output: Output = "logit",
         create_graph: bool = False,
         internal_batch_size: int | None = None,
-        seed: int | None = None,
+        seed: int | None = 0,
         max_background: int = 1000,
         split: str = "train",
         reduce_channels: bool = False,

@@ -45,6 +45,9 @@ def path_attribution(
     Returns:
         ``[B, C, H, W]`` attributions.
     """
+    if not create_graph:
+        # Without create_graph the result is a plain tensor: no path back to the inputs through (x - r).
+        inputs, references = inputs.detach(), references.detach()
     batch, samples = alphas.shape
     chunk = batch * samples if not internal_batch_size else max(1, int(internal_batch_size))
     shared_reference = samples == 1 or references.stride(1) == 0

@@ -185,7 +185,7 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         internal_batch_size: at most this many images per forward/backward. Set it for real models: one
             call evaluates ``B * K * n_steps`` path points (on an H200, ResNet-18/CIFAR with B=64 and the
             defaults peaked at 115 GiB unchunked).
-        seed: seed of the baseline draws (``None``: fresh per call from torch's global RNG).
+        seed: seed of the baseline draws (default 0; ``None``: fresh per call from torch's global RNG).
         max_background, split: how a Dataset/datamodule background is materialised.
         reduce_channels: sum the attributions over channels (``[B,1,H,W]``).
     """
@@ -208,7 +208,7 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         fitness_output: Output = "prob",
         create_graph: bool = False,
         internal_batch_size: int | None = None,
-        seed: int | None = None,
+        seed: int | None = 0,
         max_background: int = 1000,
         split: str = "train",
         reduce_channels: bool = False,
