@@ -43,10 +43,6 @@ def main() -> None:
     import quantus
 
     warnings.filterwarnings("ignore")
-    # Both sides in true float32: with TF32 convolutions (the CUDA default) curves differ by ~1e-4 between
-    # batch compositions, which would hide a real disagreement.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device)
     args.batch = args.batch or (4096 if device.type == "cuda" else 64)
     images, source = cifar_images(args.images, device)
@@ -89,10 +85,15 @@ def main() -> None:
         def quantus_deletion() -> np.ndarray:
             return np.asarray(pixel_metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, **quantus_kwargs))
 
+        # Curves compared in true float32 (with TF32 convolutions, the CUDA default, they differ by ~1e-4
+        # between batch compositions, which would hide a real disagreement); timed with the defaults.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
         curve = ours_morf().cpu()
         morf_diff = (curve[:, :1] - curve[:, 1:] - torch.from_numpy(quantus_morf()).float()).abs().max().item()
         curve = ours_deletion().cpu()
         del_diff = (curve[:, 1:] - torch.from_numpy(quantus_deletion()).float()).abs().max().item()
+        torch.backends.cudnn.allow_tf32 = tf32
         for metric, ours, theirs, diff in (
             ("MoRF (64 regions)", ours_morf, quantus_morf, morf_diff),
             ("deletion (48 steps)", ours_deletion, quantus_deletion, del_diff),
