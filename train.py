@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from impactx.data import ImageDataModule
-from impactx.modules import ClassifierModule  # noqa: F401  (the default model class, named in configs)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 

@@ -133,15 +133,6 @@ def forward_scores(
     )
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A generator on ``device`` seeded with ``seed`` (``None``: use the global RNG)."""
-    if seed is None:
-        return None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen
-
-
 _M32 = 0xFFFFFFFF
 
 
