@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.common import bench_model, best_time, cifar_images, device_name, print_table
-from impactx.metrics.functional import deletion_curve, region_perturbation_curve
+from impactx.metrics.functional import Perturbation, deletion_curve, region_perturbation_curve
 
 PATCH, REGIONS, DELETION_STEPS = 4, 64, 48
 
@@ -59,7 +59,7 @@ def main() -> None:
         def ours_morf() -> torch.Tensor:
             return region_perturbation_curve(
                 model, images, targets, maps, order="morf", patch_size=PATCH, n_steps=REGIONS,
-                replacement="constant", value=0.0, output="prob", internal_batch_size=args.batch,
+                perturbation=Perturbation("constant", value=0.0), output="prob", internal_batch_size=args.batch,
             )
 
         morf_metric = quantus.RegionPerturbation(
@@ -72,7 +72,7 @@ def main() -> None:
 
         def ours_deletion() -> torch.Tensor:
             return deletion_curve(
-                model, images, targets, maps, n_steps=DELETION_STEPS, replacement="constant", value=0.0,
+                model, images, targets, maps, n_steps=DELETION_STEPS, perturbation=Perturbation("constant", value=0.0),
                 output="prob", internal_batch_size=args.batch,
             )
 

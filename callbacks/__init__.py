@@ -6,19 +6,9 @@
 - :class:`ExplanationGallery`: a few fixed images with their maps and per-image MoRF curves (the IMPACTX
   paper's figures 3-5 layout), saved as PNG and logged to W&B.
 
-Self-explaining protocol
-------------------------
-A LightningModule is *self-explaining* when it has a method
-
-    ``explain(images: Tensor [B,C,H,W]) -> maps: Tensor [B,1,H,W] or [B,C,H,W]``
-
-returning its own attribution maps for a batch of (normalised) images, on the images' device; e.g. the
-decoder output ``D(LEP(x))`` of an IMPACTX model. The maps need not depend on a target class. The callbacks
-evaluate them under the source name ``"self"`` (``self_maps=True``), alongside every configured explainer.
-``explain`` is called with the module in eval mode and under ``torch.no_grad()``, so it works with
-Lightning's default ``Trainer(inference_mode=True)``; a module whose ``explain`` takes gradients sets the
-class attribute ``explain_needs_grad = True`` (it then runs under ``torch.enable_grad()`` and needs
-``Trainer(inference_mode=False)``). ``explain`` must not change BatchNorm statistics or dropout state.
+Maps come from :mod:`impactx.attribution.sources`: the configured explainers (specs in
+:mod:`impactx.attribution.specs`) and, for a model that follows the self-explaining protocol
+(:mod:`impactx.models.protocol`), its own ``explain`` maps under the source name ``"self"``.
 
 Gradients
 ---------
@@ -32,7 +22,6 @@ nothing.
 from callbacks.evaluation import CSV_COLUMNS, ExplanationEvaluation, log_key
 from callbacks.gallery import ExplanationGallery
 from callbacks.plots import CurvePanel, plot_curves, plot_gallery
-from callbacks.sources import SELF, is_self_explaining
 from callbacks.subset import subset_positions
 from callbacks.suite import DEFAULT_METRICS, METRICS, MODEL, MetricResult
 
@@ -41,12 +30,10 @@ __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "MODEL",
-    "SELF",
     "CurvePanel",
     "ExplanationEvaluation",
     "ExplanationGallery",
     "MetricResult",
-    "is_self_explaining",
     "log_key",
     "plot_curves",
     "plot_gallery",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.sources import ExplainerSpec, check_explainers, load_background, planned_sources
 from callbacks.subset import split_dataset
+from impactx.attribution.background import materialise_background
+from impactx.attribution.sources import planned_sources
+from impactx.attribution.specs import ExplainersConfig, parse_explainers
+from impactx.core import check_int
 
 Stage = Literal["test", "val"]
 
@@ -28,25 +31,13 @@ def check_gradients_possible(owner: str, stage: str, plan: Mapping[str, bool]) -
         )
 
 
-def check_non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class ExplanationCallback(Callback):
     """Runs :meth:`run` at the end of testing (``on_test``) and every ``every_n_val_epochs`` validation epochs
     (0: never; sanity checks are skipped), after checking at ``on_test_start``/``on_validation_start``
     that the configured maps can be computed under the loop's grad mode.
 
     Args:
-        explainers: registered explainer names and options (see :data:`callbacks.sources.ExplainerSpec`).
+        explainers: registered explainer names and options (see :data:`impactx.attribution.specs.ExplainersConfig`).
         self_maps: evaluate a self-explaining module's own ``explain`` maps.
         seed: seeds the image subset, explainers that take a seed and the background set.
         target: explained class, ``"pred"`` (the model's prediction, as the IMPACTX paper) or ``"label"``.
@@ -58,7 +49,8 @@ class ExplanationCallback(Callback):
 
     def __init__(
         self,
-        explainers: ExplainerSpec,
+        *,
+        explainers: ExplainersConfig,
         self_maps: bool,
         seed: int,
         target: str,
@@ -75,16 +67,16 @@ class ExplanationCallback(Callback):
             raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        self.explainers = check_explainers(explainers)
+        self.explainers = parse_explainers(explainers)
         self.self_maps = bool(self_maps)
         self.seed = seed
         self.target = target
         self.reduce_channels = bool(reduce_channels)
         self.on_test = bool(on_test)
-        self.every_n_val_epochs = check_non_negative_int("every_n_val_epochs", every_n_val_epochs)
+        self.every_n_val_epochs = check_int("every_n_val_epochs", every_n_val_epochs, minimum=0)
         self.splits: dict[Stage, str] = {"test": test_split, "val": val_split}
         self.background_split = background_split
-        self.background_size = check_positive_int("background_size", background_size)
+        self.background_size = check_int("background_size", background_size)
 
     # ------------------------------------------------------------------ to implement
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:
@@ -94,7 +86,7 @@ class ExplanationCallback(Callback):
     def background(self, trainer: L.Trainer, device: torch.device) -> torch.Tensor:
         """``background_size`` seeded images ``[N,C,H,W]`` of the data module's ``background_split``, on ``device``."""
         dataset = split_dataset(trainer, self.background_split)
-        return load_background(dataset, self.background_split, self.background_size, self.seed).to(device)
+        return materialise_background(dataset, self.background_size, self.background_split, self.seed).to(device)
 
     def explained_classes(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits.argmax(dim=1) if self.target == "pred" else labels

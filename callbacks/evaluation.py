@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from callbacks.base import ExplanationCallback, Stage, check_positive_int
+from callbacks.base import ExplanationCallback, Stage
 from callbacks.outputs import (
     find_wandb_logger,
     log_wandb_curves,
@@ -19,10 +19,11 @@ from callbacks.outputs import (
     write_csv,
 )
 from callbacks.plots import CurvePanel, plot_curves
-from callbacks.sources import ExplainerSpec, build_sources
 from callbacks.subset import batches, shard, split_dataset, subset_positions
 from callbacks.suite import MetricResult, MetricSuite, check_metrics
-from impactx.attribution.common import eval_mode
+from impactx.attribution.sources import build_sources
+from impactx.attribution.specs import ExplainersConfig
+from impactx.core import check_int, eval_mode
 
 CSV_COLUMNS = ("stage", "epoch", "global_step", "source", "metric", "quantity", "x", "value")
 """Columns of the CSV file: one row per scalar (``x`` empty) and one per curve point (``quantity="curve"``)."""
@@ -101,7 +102,7 @@ class ExplanationEvaluation(ExplanationCallback):
 
     def __init__(
         self,
-        explainers: ExplainerSpec = None,
+        explainers: ExplainersConfig = None,
         metrics: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
         self_maps: bool = True,
         num_images: int = 256,
@@ -120,12 +121,13 @@ class ExplanationEvaluation(ExplanationCallback):
         log_wandb: bool = True,
     ) -> None:
         super().__init__(
-            explainers, self_maps, seed, target, reduce_channels, on_test, every_n_val_epochs,
-            test_split, val_split, background_split, background_size,
+            explainers=explainers, self_maps=self_maps, seed=seed, target=target, reduce_channels=reduce_channels,
+            on_test=on_test, every_n_val_epochs=every_n_val_epochs, test_split=test_split, val_split=val_split,
+            background_split=background_split, background_size=background_size,
         )
         self.metrics = check_metrics(metrics)
-        self.num_images = check_positive_int("num_images", num_images)
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.num_images = check_int("num_images", num_images)
+        self.batch_size = check_int("batch_size", batch_size)
         self.prefix = prefix
         self.filename = filename
         self.log_wandb = bool(log_wandb)

@@ -9,12 +9,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from callbacks.base import ExplanationCallback, Stage, check_positive_int
+from callbacks.base import ExplanationCallback, Stage
 from callbacks.outputs import find_wandb_logger, log_wandb_image, resolve_log_dir, save_png
 from callbacks.plots import display_images, plot_gallery
-from callbacks.sources import ExplainerSpec, build_sources
 from callbacks.subset import batches, padded_shard, split_dataset, subset_positions, unshard
-from impactx.attribution.common import eval_mode
+from impactx.attribution.sources import build_sources
+from impactx.attribution.specs import ExplainersConfig
+from impactx.core import check_int, eval_mode
 from impactx.metrics import MoRF
 from impactx.metrics.functional import region_perturbation_curve
 
@@ -33,14 +34,14 @@ class ExplanationGallery(ExplanationCallback):
         explainers: reference explainers, ``{"partition": {"max_evals": 500}}``, ``["ig"]`` or ``"ig"``.
         num_images: rows of the figure.
         morf: options of the MoRF curves (as :class:`impactx.metrics.MoRF`: ``patch_size``, ``n_steps``,
-            ``replacement``, ...).
+            ``perturbation``, ...).
         filename: file stem. log_wandb: log the PNG to an attached ``WandbLogger``.
         Others: see :class:`callbacks.base.ExplanationCallback`.
     """
 
     def __init__(
         self,
-        explainers: ExplainerSpec = "ig",
+        explainers: ExplainersConfig = "ig",
         self_maps: bool = True,
         num_images: int = 4,
         seed: int = 0,
@@ -57,10 +58,11 @@ class ExplanationGallery(ExplanationCallback):
         log_wandb: bool = True,
     ) -> None:
         super().__init__(
-            explainers, self_maps, seed, target, reduce_channels, on_test, every_n_val_epochs,
-            test_split, val_split, background_split, background_size,
+            explainers=explainers, self_maps=self_maps, seed=seed, target=target, reduce_channels=reduce_channels,
+            on_test=on_test, every_n_val_epochs=every_n_val_epochs, test_split=test_split, val_split=val_split,
+            background_split=background_split, background_size=background_size,
         )
-        self.num_images = check_positive_int("num_images", num_images)
+        self.num_images = check_int("num_images", num_images)
         self.morf_options = MoRF(**dict(morf or {})).options  # validates the options now
         self.filename = filename
         self.log_wandb = bool(log_wandb)

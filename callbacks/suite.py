@@ -4,7 +4,7 @@ Each metric is one of four kinds, by what its ``update`` needs:
 
 - ``maps``: ``update(model, images, targets, maps)`` (MoRF, LeRF, deletion, insertion, keep/remove, ...);
 - ``maps_only``: ``update(maps)`` (sparseness);
-- ``explain``: also re-explains perturbed inputs or a randomised model copy (max-sensitivity, randomisation);
+- ``explainer``: also re-explains perturbed inputs or a randomised model copy (max-sensitivity, randomisation);
 - ``model``: of the model alone, computed once, not per map source (noise-accuracy curve).
 
 A result is a :class:`MetricResult`: an optional mean curve with its x values and named scalar summaries.
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from callbacks.sources import MapSource, normalise_spec
 from impactx import metrics as M
+from impactx.attribution.sources import MapSource
+from impactx.attribution.specs import normalise_named_options
 
-Kind = Literal["maps", "maps_only", "explain", "model"]
+Kind = Literal["maps", "maps_only", "explainer", "model"]
 XAxis = Literal["steps", "fraction", "noise", "layers"]
 
 MODEL = "model"
@@ -62,9 +63,9 @@ METRICS: dict[str, MetricInfo] = {
     "average_drop": MetricInfo(M.AverageDrop, "maps"),
     "increase_in_confidence": MetricInfo(M.IncreaseInConfidence, "maps"),
     "sparseness": MetricInfo(M.Sparseness, "maps_only"),
-    "max_sensitivity": MetricInfo(M.MaxSensitivity, "explain"),
+    "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
     "randomisation": MetricInfo(
-        M.ModelParameterRandomisation, "explain", "Model-parameter randomisation", "layers",
+        M.ModelParameterRandomisation, "explainer", "Model-parameter randomisation", "layers",
         "layers randomised (top first)", "mean similarity",
     ),
     "noise_accuracy": MetricInfo(M.NoiseAccuracy, "model", "Accuracy under Gaussian noise", "noise", "noise std", "accuracy"),
@@ -73,7 +74,7 @@ METRICS: dict[str, MetricInfo] = {
 DEFAULT_METRICS: tuple[str, ...] = ("morf", "lerf", "deletion", "insertion", "sparseness")
 
 # Constructor arguments the suite supplies itself; a config must not set them.
-_SUPPLIED = {"explain", "model"}
+_SUPPLIED = {"explainer", "model"}
 # Keyword arguments every torchmetrics Metric accepts.
 _TORCHMETRICS_KWARGS = {
     "compute_on_cpu", "dist_sync_on_step", "process_group", "dist_sync_fn", "distributed_available_fn",
@@ -81,17 +82,17 @@ _TORCHMETRICS_KWARGS = {
 }
 
 
-def _build(name: str, options: Mapping[str, Any], explain: Any, model: nn.Module) -> Metric:
-    """``METRICS[name].cls(**options)``, given ``explain`` (and ``model``) when the class takes them."""
+def _build(name: str, options: Mapping[str, Any], explainer: Any, model: nn.Module) -> Metric:
+    """``METRICS[name].cls(**options)``, given ``explainer`` (and ``model``) when the class takes them."""
     cls = METRICS[name].cls
     params = inspect.signature(cls.__init__).parameters
-    extra = {k: v for k, v in (("explain", explain), ("model", model)) if k in params}
+    extra = {k: v for k, v in (("explainer", explainer), ("model", model)) if k in params}
     return cls(**extra, **options)
 
 
 def check_metrics(spec: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | str | None) -> dict[str, dict[str, Any]]:
     """Normalise a metric spec (``None``: :data:`DEFAULT_METRICS`) and check names and option names now."""
-    metrics = normalise_spec(DEFAULT_METRICS if spec is None else spec, what="metrics")
+    metrics = normalise_named_options(DEFAULT_METRICS if spec is None else spec, what="metrics")
     for name, options in metrics.items():
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r} in metrics; available: {', '.join(sorted(METRICS))}")
@@ -102,8 +103,8 @@ def check_metrics(spec: Mapping[str, Mapping[str, Any] | None] | Sequence[str] |
         unknown = sorted(set(options) - params - _TORCHMETRICS_KWARGS)
         if unknown:
             raise ValueError(f"metrics[{name!r}]: unknown options {unknown}; accepted: {sorted(params - _SUPPLIED)}")
-        try:  # values are checked by the constructor; explain/model stand-ins only size the state
-            _build(name, options, explain=lambda model, x, y: x, model=nn.Linear(1, 1))
+        try:  # values are checked by the constructor; explainer/model stand-ins only size the state
+            _build(name, options, explainer=lambda model, x, y: x, model=nn.Linear(1, 1))
         except (TypeError, ValueError) as err:
             raise ValueError(f"metrics[{name!r}]: {err}") from None
     return metrics
@@ -157,10 +158,10 @@ class MetricSuite:
         self.model_metrics: dict[str, Metric] = {}
         for name, options in metrics.items():
             if METRICS[name].kind == "model":
-                self.model_metrics[name] = _build(name, options, explain=None, model=model).to(device)
+                self.model_metrics[name] = _build(name, options, explainer=None, model=model).to(device)
         for source in self.sources:
             self.per_source[source.name] = {
-                name: _build(name, options, explain=source, model=model).to(device)
+                name: _build(name, options, explainer=source, model=model).to(device)
                 for name, options in metrics.items()
                 if METRICS[name].kind != "model"
             }

@@ -40,32 +40,42 @@ Where this implementation deliberately differs from the authors' code (github.co
 - *BGMM score.* The per-pixel prior of the BGMM is its mixture log-density (``score_samples``), a single map
   like the MGM's, rather than the ``[N, K]`` posterior matrix of Eq. 18.
 
-Fitting (:meth:`DeepPriorEG.fit`) is done once and cached against the model object and layer name; a call
-with another model object (or after changing ``layer``) refits on the background set. The cache is not
-keyed on parameter values: a model trained further keeps its old density until ``fit`` is called again.
+Fitting (:meth:`DeepPriorEG.fit`) is done once and cached against the model's weights (a sha256 of its
+``state_dict``, :func:`impactx.core.weights_fingerprint`) and the layer name: a model trained further, or
+another model, is refitted at its next call; the same weights in another object reuse the fit. The
+fingerprint is only recomputed when a parameter or buffer was written to since the last call.
+
+With ``background=None`` the density is fitted on the explained batch. Under ``torch.distributed`` (DDP)
+every rank's batch is gathered first and all ranks fit on the same rows, so the density is identical on
+every rank: every rank must then make the call together, as in a DDP training or evaluation step
+(``sync_ranks=False`` fits on the local batch instead).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from impactx.attribution.background import BackgroundSource
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import (
+from impactx.attribution.densities import GaussianDensity, MixtureDensity
+from impactx.attribution.paths import path_attribution
+from impactx.attribution.registry import register
+from impactx.core import (
+    check_int,
     check_internal_batch_size,
     check_output,
     eval_mode,
     image_keys,
     keyed_uniform,
+    state_versions,
+    weights_fingerprint,
 )
-from impactx.attribution.paths import path_attribution
-from impactx.attribution.priors_fit import GaussianDensity, MixtureDensity
-from impactx.attribution.registry import register
 
 PRIORS: tuple[str, ...] = ("mgm", "bgmm")
 NORMALIZATIONS: tuple[str, ...] = ("max", "sum")
@@ -153,10 +163,28 @@ def prior_probability_map(
 
 @dataclass
 class _FitState:
-    model: weakref.ref
+    fingerprint: str  # weights_fingerprint of the model the density was fitted for
+    versions: tuple[tuple[int, int], ...]  # state_versions when the fingerprint was last checked
     layer: str
     density: Density
     num_pixels: int
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Under ``torch.distributed`` with several ranks, every rank's ``rows [N_r, ...]`` concatenated in rank
+    order (shards may differ in size); otherwise ``rows`` itself. A collective: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return rows
+    world = dist.get_world_size()
+    size = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(n) for n in sizes))
+    padded = rows.new_zeros((longest, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes, strict=True)])
 
 
 @register("deepprior_eg")
@@ -170,10 +198,14 @@ class DeepPriorEG(Explainer):
         n_components: BGMM's maximum number of components.
         shrinkage: MGM covariance shrinkage towards ``tr(S)/C * I`` in [0, 1]; ``None``: Ledoit-Wolf.
         n_samples: (reference, alpha) pairs per image.
-        background: reference images ``x' [M, C, H, W]`` (at most ``max_background`` are kept, a seeded
-            random subset). ``None``: the references are drawn from the explained batch itself (as in
-            attribution-prior training), which makes results depend on the batch.
-        max_background: cap on the stored background set.
+        background: reference images (a :data:`~impactx.attribution.background.BackgroundSource`: a
+            ``[M, C, H, W]`` tensor, a Dataset or a datamodule; at most ``max_background`` are kept, a seeded
+            random subset), or given per call. ``None``: the references are drawn from the explained batch
+            itself, and the density is fitted on it (as in attribution-prior training), which makes results
+            depend on the batch.
+        max_background: cap on the background set.
+        split: the datamodule split a background comes from.
+        sync_ranks: under ``torch.distributed``, fit on every rank's batch gathered (``background=None``).
         max_fit_pixels: cap on the feature vectors the density is fitted on (a seeded random subset).
         normalize: ``"max"`` or ``"sum"``, how densities become the prior map (:func:`prior_probability_map`).
         seed: seeds the (batch-invariant) reference and alpha draws, the subsets and the BGMM fit.
@@ -183,6 +215,8 @@ class DeepPriorEG(Explainer):
         reduce_channels: return ``[B, 1, H, W]`` (sum over channels).
     """
 
+    takes_background = True
+
     def __init__(
         self,
         prior: Literal["mgm", "bgmm"] = "mgm",
@@ -190,8 +224,10 @@ class DeepPriorEG(Explainer):
         n_components: int = 5,
         shrinkage: float | None = None,
         n_samples: int = 200,
-        background: torch.Tensor | None = None,
+        background: BackgroundSource | None = None,
         max_background: int = 1000,
+        split: str = "train",
+        sync_ranks: bool = True,
         max_fit_pixels: int = 20_000,
         normalize: Literal["max", "sum"] = "max",
         seed: int = 0,
@@ -210,8 +246,7 @@ class DeepPriorEG(Explainer):
             raise TypeError(f"layer must be a module name (str) or None, got {type(layer).__name__}")
         for name, value in (("n_components", n_components), ("n_samples", n_samples),
                             ("max_background", max_background), ("max_fit_pixels", max_fit_pixels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if shrinkage is not None and not 0.0 <= float(shrinkage) <= 1.0:
             raise ValueError(f"shrinkage must lie in [0, 1] or be None (Ledoit-Wolf), got {shrinkage!r}")
         check_internal_batch_size(internal_batch_size)
@@ -220,28 +255,15 @@ class DeepPriorEG(Explainer):
         self.n_components = n_components
         self.shrinkage = shrinkage
         self.n_samples = n_samples
-        self.max_background = max_background
         self.max_fit_pixels = max_fit_pixels
         self.normalize = normalize
         self.seed = seed
         self.output = output
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
-        self.background = None if background is None else self._subsample_background(background)
+        self.sync_ranks = sync_ranks
+        self._init_background(background, max_background, split, seed)
         self._state: _FitState | None = None
-
-    def _subsample_background(self, background: torch.Tensor) -> torch.Tensor:
-        if not isinstance(background, torch.Tensor) or background.dim() != 4 or background.shape[0] < 1:
-            shape = list(background.shape) if isinstance(background, torch.Tensor) else type(background).__name__
-            raise ValueError(f"background must be a non-empty [M, C, H, W] tensor of reference images, got {shape}")
-        if not background.is_floating_point():
-            raise TypeError(f"background must be floating point, got dtype {background.dtype}")
-        background = background.detach()
-        if background.shape[0] > self.max_background:
-            gen = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(background.shape[0], generator=gen)[: self.max_background].sort().values
-            background = background[keep.to(background.device)]
-        return background
 
     # ------------------------------------------------------------------ fitting
 
@@ -261,8 +283,17 @@ class DeepPriorEG(Explainer):
         return None if self._state is None else self._state.num_pixels
 
     def is_fitted_for(self, model: nn.Module) -> bool:
+        """Whether the density was fitted on ``model``'s present weights (any object holding them) and layer."""
         state = self._state
-        return state is not None and state.model() is model and state.layer == resolve_conv_layer(model, self.layer)[0]
+        if state is None or state.layer != resolve_conv_layer(model, self.layer)[0]:
+            return False
+        versions = state_versions(model)
+        if versions == state.versions:
+            return True
+        if weights_fingerprint(model) != state.fingerprint:
+            return False
+        state.versions = versions  # same weights, written to again (or another object): no rehash next time
+        return True
 
     def fit(self, model: nn.Module, data: torch.Tensor) -> DeepPriorEG:
         """Fit the prior density on the per-pixel features of ``data [N, C, H, W]``; returns ``self``.
@@ -279,7 +310,9 @@ class DeepPriorEG(Explainer):
             density: Density = GaussianDensity.fit(features, shrinkage=self.shrinkage)
         else:
             density = MixtureDensity.fit(features, n_components=self.n_components, seed=self.seed)
-        self._state = _FitState(weakref.ref(model), name, density, int(features.shape[0]))
+        self._state = _FitState(
+            weights_fingerprint(model), state_versions(model), name, density, int(features.shape[0])
+        )
         return self
 
     def _sample_pixel_features(self, model: nn.Module, module: nn.Module, data: torch.Tensor) -> torch.Tensor:
@@ -321,15 +354,15 @@ class DeepPriorEG(Explainer):
         log_density = density.log_prob(fmap.permute(0, 2, 3, 1))  # [B, h, w]
         return prior_probability_map(log_density, tuple(inputs.shape[-2:]), self.normalize).to(inputs.dtype)
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        background = inputs.detach() if self.background is None else self.background
-        if background.shape[1:] != inputs.shape[1:]:
-            raise ValueError(
-                f"background images have shape {list(background.shape[1:])} but inputs {list(inputs.shape[1:])}"
-            )
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
+        from_batch = background is None
+        if from_batch:
+            background = inputs.detach()
         if not self.is_fitted_for(model):
-            self.fit(model, background)
-        background = background.to(device=inputs.device, dtype=inputs.dtype)
+            fit_data = gather_rows(background) if from_batch and self.sync_ranks else background
+            self.fit(model, fit_data)
         p_prior = self.prior_map(model, inputs)  # [B, 1, H, W], detached
 
         keys = image_keys(inputs, self.seed)

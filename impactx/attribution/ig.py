@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output, check_internal_batch_size, check_output
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
+from impactx.core import Output, check_internal_batch_size, check_output
 
 Quadrature = Literal["riemann_trapezoid", "gausslegendre"]
 QUADRATURES: tuple[str, ...] = ("riemann_trapezoid", "gausslegendre")
@@ -114,7 +114,9 @@ class IntegratedGradients(Explainer):
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
         baseline = resolve_baseline(self.baseline, inputs)
         alphas, weights = quadrature(self.method, self.n_steps)
         batch = inputs.shape[0]

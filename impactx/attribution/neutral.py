@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from impactx.core import gaussian_blur
 
 Neutral = Literal["zeros", "corners", "blur"]
 NEUTRALS: tuple[str, ...] = ("zeros", "corners", "blur")
@@ -48,31 +48,6 @@ def corner_mean(inputs: torch.Tensor, corner_size: int | None = None) -> torch.T
     return patches.mean(dim=(0, 3, 4)).unsqueeze(-1).unsqueeze(-1)
 
 
-def gaussian_kernel1d(sigma: float, radius: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Normalised Gaussian weights ``[2 radius + 1]``."""
-    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``inputs [B,C,H,W]`` (each channel on its own), same shape."""
-    if not sigma > 0:
-        raise ValueError(f"blur sigma must be > 0, got {sigma}")
-    batch, channels, height, width = inputs.shape
-    # Reflect padding needs radius < side; a wider kernel is truncated (it is nearly flat there anyway).
-    radius = min(math.ceil(3 * sigma), height - 1, width - 1)
-    if radius <= 0:
-        return inputs.clone()
-    kernel = gaussian_kernel1d(sigma, radius, inputs.dtype, inputs.device)
-    x = F.pad(
-        inputs.reshape(batch * channels, 1, height, width), (radius, radius, radius, radius), mode="reflect"
-    )
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.view(batch, channels, height, width)
-
-
 def neutral_images(
     inputs: torch.Tensor, kind: Neutral = "zeros", corner_size: int | None = None, blur_sigma: float = 3.0
 ) -> torch.Tensor:
@@ -85,4 +60,4 @@ def neutral_images(
         return torch.zeros_like(inputs)
     if kind == "corners":
         return corner_mean(inputs, corner_size).expand_as(inputs).contiguous()
-    return gaussian_blur(inputs, blur_sigma)
+    return gaussian_blur(inputs, blur_sigma, padding="reflect")

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from impactx.attribution.common import Output, score_gradients
+from impactx.core import Output, score_gradients
 
 
 def path_attribution(

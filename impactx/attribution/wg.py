@@ -38,28 +38,23 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from impactx.attribution.background import BackgroundSource, materialise_background
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import (
-    Output,
-    check_inputs,
-    check_internal_batch_size,
-    check_output,
-    eval_mode,
-    forward_scores,
-    image_keys,
-    keyed_uniform,
-)
-from impactx.attribution.eg import (
-    BackgroundMixin,
-    BackgroundSource,
-    materialise_background,
-)
+from impactx.attribution.eg import call_seed, require_background
 from impactx.attribution.ig import Quadrature, quadrature
 from impactx.attribution.neutral import Neutral, check_neutral, neutral_images
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
+from impactx.core import (
+    Output,
+    check_int,
+    check_internal_batch_size,
+    check_output,
+    forward_scores,
+    image_keys,
+    keyed_uniform,
+)
 
 
 class WGResult(NamedTuple):
@@ -163,13 +158,13 @@ def fitness_weights(counts: torch.Tensor, drop_lowest: int = 0) -> torch.Tensor:
 
 
 @register("wg")
-class WeightedIntegratedGradients(BackgroundMixin, Explainer):
+class WeightedIntegratedGradients(Explainer):
     """Weighted Integrated Gradients (and Filtered WG with ``drop_lowest > 0``).
 
     Args:
         background: the set baselines are drawn from (see :data:`impactx.attribution.eg.BackgroundSource`):
-            ``n_baselines`` distinct images per input, drawn batch-invariantly under ``seed``. May be set
-            later (``explainer.background = ...``) or per call.
+            ``n_baselines`` distinct images per input, drawn batch-invariantly under ``seed``; or given per
+            call (``explainer(model, x, y, background=...)``).
         baselines: instead of a background, a fixed ``[K,C,H,W]`` set used for every image.
         n_baselines: baselines per image when drawing from ``background``.
         n_steps: quadrature nodes of each IG path.
@@ -190,9 +185,11 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         reduce_channels: sum the attributions over channels (``[B,1,H,W]``).
     """
 
+    takes_background = True
+
     def __init__(
         self,
-        background: torch.Tensor | Dataset | None = None,
+        background: BackgroundSource | None = None,
         baselines: torch.Tensor | None = None,
         n_baselines: int = 8,
         n_steps: int = 50,
@@ -218,8 +215,7 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         check_output(output)
         check_output(fitness_output)
         check_neutral(neutral)
-        if isinstance(n_baselines, bool) or not isinstance(n_baselines, int) or n_baselines < 1:
-            raise ValueError(f"n_baselines must be an int >= 1, got {n_baselines!r}")
+        check_int("n_baselines", n_baselines)
         if baselines is not None:
             baselines = materialise_background(baselines)
             n_baselines = baselines.shape[0]
@@ -244,29 +240,25 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
         self.fitness_output = fitness_output
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
-        self._init_background(background, seed, max_background, split)
+        self.seed = seed
+        self._init_background(background, max_background, split, seed)
 
-    def explain(
+    def result(
         self,
         model: nn.Module,
         inputs: torch.Tensor,
         target: torch.Tensor | int,
         background: BackgroundSource | None = None,
     ) -> WGResult:
-        """Validate, run in eval mode (restored afterwards) and return the full :class:`WGResult`."""
-        num_classes = getattr(model, "num_classes", None)
-        target_t = check_inputs(inputs, target, num_classes if isinstance(num_classes, int) else None)
-        self._override = background
-        try:
-            with eval_mode(model):
-                return self._explain(model, inputs, target_t)
-        finally:
-            self._override = None
+        """As a call, but the full :class:`WGResult` (per-baseline maps, counts, weights) is returned."""
+        return self._run(self._result, model, inputs, target, background)
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self._explain(model, inputs, target).attributions
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self._result(model, inputs, target, background).attributions
 
-    def _draw_baselines(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _draw_baselines(self, inputs: torch.Tensor, background: torch.Tensor | None) -> torch.Tensor:
         """``[B, K, C, H, W]``: the fixed set, or ``K`` distinct background images per input, a function of
         each image's values and the seed only (batch invariant)."""
         batch = inputs.shape[0]
@@ -277,20 +269,22 @@ class WeightedIntegratedGradients(BackgroundMixin, Explainer):
                 )
             fixed = self.baselines.to(device=inputs.device, dtype=inputs.dtype)
             return fixed.unsqueeze(0).expand(batch, *fixed.shape)
-        background = self._background_like(inputs)
+        background = require_background(self, background)
         if background.shape[0] < self.n_baselines:
             raise ValueError(
                 f"n_baselines={self.n_baselines} distinct baselines need a background of at least that many "
                 f"images, got {background.shape[0]}"
             )
-        keys = image_keys(inputs, self._call_seed())
+        keys = image_keys(inputs, call_seed(self.seed))
         # A keyed random permutation of the background per image; its first K entries are the baselines.
         order = torch.argsort(keyed_uniform(keys, background.shape[0], stream=2), dim=1, stable=True)
         return background[order[:, : self.n_baselines].to(inputs.device)]
 
-    def _explain(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> WGResult:
+    def _result(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> WGResult:
         batch, shape = inputs.shape[0], inputs.shape[1:]
-        baselines = self._draw_baselines(inputs)  # [B, K, C, H, W]
+        baselines = self._draw_baselines(inputs, background)  # [B, K, C, H, W]
         k = baselines.shape[1]
         flat_inputs = inputs.repeat_interleave(k, dim=0)  # [B*K, C, H, W], row b*K + j
         flat_target = target.repeat_interleave(k)

@@ -7,13 +7,15 @@ Localisation: :class:`OverlapAUC`. Complexity: :class:`Sparseness`. Robustness: 
 The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
 
 Every metric sums per-image values (``dist_reduce_fx="sum"``) and counts images, so the DDP-synced
-result equals the single-process one. Curve metrics compute ``{"curve": ..., <summary>: ...}``.
+result equals the single-process one. Curve metrics compute ``{"curve": ..., <summary>: ...}``; how the
+perturbation curves fill what they remove is one :class:`Perturbation` (``perturbation=`` on every one).
 """
 
 from impactx.metrics import functional
 from impactx.metrics.base import CurveMetric, ScalarMetric
 from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
 from impactx.metrics.deletion import DeletionAUC, InsertionAUC
+from impactx.metrics.functional.perturbation import Perturbation
 from impactx.metrics.keep_remove import (
     KAM,
     KNM,
@@ -37,6 +39,7 @@ from impactx.metrics.sensitivity import MaxSensitivity
 from impactx.metrics.sparseness import Sparseness
 
 __all__ = [
+    "Perturbation",
     "KAM",
     "KNM",
     "KPM",

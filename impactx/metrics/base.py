@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from impactx.metrics.functional.perturbation import Replacement, check_replacement
-from impactx.metrics.functional.validation import check_chunk, check_output_name, check_positive_int
+from impactx.metrics.functional.perturbation import Perturbation
+from impactx.metrics.functional.validation import check_chunk, check_int, check_output_name
 
 
 class CurveMetric(Metric):
@@ -49,8 +49,8 @@ class CurveMetric(Metric):
 class PerturbationCurveMetric(CurveMetric):
     """A curve over ``n_steps + 1`` perturbed copies of each image, summarised by one number.
 
-    Holds the options every perturbation curve shares (how replaced units are filled, the score, the
-    chunking). A subclass names its curve function (``curve_fn(model, images, targets, maps, **options)
+    Holds the options every perturbation curve shares (how replaced units are filled, one
+    :class:`~impactx.metrics.functional.perturbation.Perturbation`; the score; the chunking). A subclass names its curve function (``curve_fn(model, images, targets, maps, **options)
     -> [B, n_steps + 1]``), its summary (``summary_name``, ``summary_fn(curve [n + 1]) -> []``), and
     passes the options that pick its curve (``curve_options``, checked by the subclass) to this
     constructor. :attr:`options` holds all of them, ready for ``curve_fn``.
@@ -64,28 +64,21 @@ class PerturbationCurveMetric(CurveMetric):
         self,
         curve_options: dict[str, Any],
         n_steps: int,
-        replacement: Replacement,
-        value: float | torch.Tensor,
-        noise_range: tuple[float, float] | None,
-        blur_sigma: float,
-        seed: int,
+        perturbation: Perturbation,
         output: str,
         internal_batch_size: int | None,
         **kwargs,
     ) -> None:
-        check_positive_int("n_steps", n_steps)
-        check_replacement(replacement)
+        check_int("n_steps", n_steps)
+        if not isinstance(perturbation, Perturbation):
+            raise TypeError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
         check_output_name(output)
         check_chunk(internal_batch_size)
         super().__init__(n_steps + 1, **kwargs)
         self.options = dict(
             **curve_options,
             n_steps=n_steps,
-            replacement=replacement,
-            value=value,
-            noise_range=noise_range,
-            blur_sigma=blur_sigma,
-            seed=seed,
+            perturbation=perturbation,
             output=output,
             internal_batch_size=internal_batch_size,
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-
 from impactx.metrics.base import PerturbationCurveMetric
-from impactx.metrics.functional.deletion import deletion_curve, insertion_curve, riemann_auc
-from impactx.metrics.functional.perturbation import Replacement
+from impactx.metrics.functional.deletion import (
+    DEFAULT_PERTURBATION,
+    deletion_curve,
+    insertion_curve,
+    riemann_auc,
+)
+from impactx.metrics.functional.perturbation import PerturbationLike, as_perturbation
 
 
 class _PixelCurve(PerturbationCurveMetric):
@@ -19,11 +22,7 @@ class _PixelCurve(PerturbationCurveMetric):
     def __init__(
         self,
         n_steps: int = 100,
-        replacement: Replacement = "constant",
-        value: float | torch.Tensor = 0.0,
-        noise_range: tuple[float, float] | None = None,
-        blur_sigma: float = 5.0,
-        seed: int = 0,
+        perturbation: PerturbationLike = None,
         output: str = "prob",
         internal_batch_size: int | None = 128,
         **kwargs,
@@ -31,11 +30,7 @@ class _PixelCurve(PerturbationCurveMetric):
         super().__init__(
             curve_options={},
             n_steps=n_steps,
-            replacement=replacement,
-            value=value,
-            noise_range=noise_range,
-            blur_sigma=blur_sigma,
-            seed=seed,
+            perturbation=as_perturbation(perturbation, DEFAULT_PERTURBATION),
             output=output,
             internal_batch_size=internal_batch_size,
             **kwargs,

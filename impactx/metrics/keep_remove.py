@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from impactx.metrics.base import PerturbationCurveMetric
-from impactx.metrics.functional.keep_remove import keep_remove_curve, trapezoid_auc
-from impactx.metrics.functional.perturbation import Replacement
+from impactx.metrics.functional.keep_remove import DEFAULT_PERTURBATION, keep_remove_curve, trapezoid_auc
+from impactx.metrics.functional.perturbation import PerturbationLike, as_perturbation
 
 
 class KeepRemoveMetric(PerturbationCurveMetric):
@@ -34,11 +32,7 @@ class KeepRemoveMetric(PerturbationCurveMetric):
     def __init__(
         self,
         n_steps: int = 10,
-        replacement: Replacement = "constant",
-        value: float | torch.Tensor = 0.0,
-        noise_range: tuple[float, float] | None = None,
-        blur_sigma: float = 5.0,
-        seed: int = 0,
+        perturbation: PerturbationLike = None,
         output: str = "logit",
         internal_batch_size: int | None = 128,
         **kwargs,
@@ -46,11 +40,7 @@ class KeepRemoveMetric(PerturbationCurveMetric):
         super().__init__(
             curve_options=dict(variant=self.variant),
             n_steps=n_steps,
-            replacement=replacement,
-            value=value,
-            noise_range=noise_range,
-            blur_sigma=blur_sigma,
-            seed=seed,
+            perturbation=as_perturbation(perturbation, DEFAULT_PERTURBATION),
             output=output,
             internal_batch_size=internal_batch_size,
             **kwargs,

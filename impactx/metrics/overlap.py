@@ -6,7 +6,7 @@ import torch
 
 from impactx.metrics.base import CurveMetric
 from impactx.metrics.functional.overlap import overlap_auc, overlap_curve
-from impactx.metrics.functional.validation import check_positive_int
+from impactx.metrics.functional.validation import check_int
 
 
 class OverlapAUC(CurveMetric):
@@ -31,7 +31,7 @@ class OverlapAUC(CurveMetric):
     higher_is_better = True
 
     def __init__(self, n_steps: int = 100, **kwargs) -> None:
-        check_positive_int("n_steps", n_steps)
+        check_int("n_steps", n_steps)
         super().__init__(n_steps, **kwargs)
         self.n_steps = n_steps
 

@@ -12,7 +12,7 @@ from impactx.metrics.functional.randomisation import (
     model_randomisation,
     randomisable_layers,
 )
-from impactx.metrics.functional.sensitivity import ExplainFn
+from impactx.metrics.functional.sensitivity import ExplainerFn
 from impactx.metrics.functional.validation import check_chunk
 
 
@@ -51,7 +51,7 @@ class ModelParameterRandomisation(Metric):
     def __init__(
         self,
         model: nn.Module,
-        explain: ExplainFn,
+        explainer: ExplainerFn,
         similarity: Similarity = "spearman",
         abs: bool = True,
         seed: int = 0,
@@ -62,9 +62,9 @@ class ModelParameterRandomisation(Metric):
             raise TypeError(
                 f"model must be a torch.nn.Module (used to list its layers), got {type(model).__name__}"
             )
-        if not callable(explain):
+        if not callable(explainer):
             raise TypeError(
-                f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
             )
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
@@ -73,7 +73,7 @@ class ModelParameterRandomisation(Metric):
         self.layer_names = randomisable_layers(model)
         if not self.layer_names:
             raise ValueError("the model has no layer with parameters and reset_parameters() to randomise")
-        self.explain = explain
+        self.explainer = explainer
         self.options = dict(
             similarity=similarity, abs=abs, seed=seed, internal_batch_size=internal_batch_size
         )
@@ -84,8 +84,8 @@ class ModelParameterRandomisation(Metric):
     def update(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
     ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explain(model, images, targets)`` if known."""
-        curve, names = model_randomisation(model, images, targets, self.explain, maps, **self.options)
+        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explainer(model, images, targets)`` if known."""
+        curve, names = model_randomisation(model, images, targets, self.explainer, maps, **self.options)
         if names != self.layer_names:
             raise ValueError(
                 f"the model's randomisable layers {names} differ from those given at construction {self.layer_names}"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from impactx.metrics.base import PerturbationCurveMetric
-from impactx.metrics.functional.perturbation import Replacement
-from impactx.metrics.functional.region import aopc, region_perturbation_curve
-from impactx.metrics.functional.validation import check_positive_int
+from impactx.metrics.functional.perturbation import PerturbationLike, as_perturbation
+from impactx.metrics.functional.region import DEFAULT_PERTURBATION, aopc, region_perturbation_curve
+from impactx.metrics.functional.validation import check_int
 
 
 class _RegionPerturbation(PerturbationCurveMetric):
@@ -24,24 +22,16 @@ class _RegionPerturbation(PerturbationCurveMetric):
         self,
         patch_size: int = 4,
         n_steps: int = 16,
-        replacement: Replacement = "uniform",
-        value: float | torch.Tensor = 0.0,
-        noise_range: tuple[float, float] | None = None,
-        blur_sigma: float = 5.0,
-        seed: int = 0,
+        perturbation: PerturbationLike = None,
         output: str = "prob",
         internal_batch_size: int | None = 128,
         **kwargs,
     ) -> None:
-        check_positive_int("patch_size", patch_size)
+        check_int("patch_size", patch_size)
         super().__init__(
             curve_options=dict(order=self.order, patch_size=patch_size),
             n_steps=n_steps,
-            replacement=replacement,
-            value=value,
-            noise_range=noise_range,
-            blur_sigma=blur_sigma,
-            seed=seed,
+            perturbation=as_perturbation(perturbation, DEFAULT_PERTURBATION),
             output=output,
             internal_batch_size=internal_batch_size,
             **kwargs,
@@ -90,7 +80,7 @@ class LeRF(_RegionPerturbation):
         >>> from torch import nn
         >>> from impactx.metrics import LeRF
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-        >>> lerf = LeRF(patch_size=2, n_steps=4, replacement="constant", value=0.0, output="logit")
+        >>> lerf = LeRF(patch_size=2, n_steps=4, perturbation={"replacement": "constant"}, output="logit")
         >>> lerf.update(model, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), torch.rand(2, 1, 4, 4))
         >>> lerf.compute()["curve"].shape
         torch.Size([5])

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.sensitivity import ExplainFn, max_sensitivity
-from impactx.metrics.functional.validation import check_chunk, check_positive_int, check_radius
+from impactx.metrics.functional.sensitivity import ExplainerFn, max_sensitivity
+from impactx.metrics.functional.validation import check_chunk, check_int, check_radius
 
 
 class MaxSensitivity(ScalarMetric):
-    r"""Mean max-sensitivity (Yeh et al., 2019; Quantus ``MaxSensitivity``) of ``explain``:
+    r"""Mean max-sensitivity (Yeh et al., 2019; Quantus ``MaxSensitivity``) of ``explainer``:
 
     .. math:: \mathrm{SENS}_{\max}(x) = \max_{\|\delta\|_\infty \le r}
               \frac{\|\phi(x + \delta) - \phi(x)\|_F}{\|\phi(x)\|_F}
@@ -35,7 +35,7 @@ class MaxSensitivity(ScalarMetric):
 
     def __init__(
         self,
-        explain: ExplainFn,
+        explainer: ExplainerFn,
         radius: float = 0.2,
         n_samples: int = 20,
         seed: int = 0,
@@ -43,15 +43,15 @@ class MaxSensitivity(ScalarMetric):
         internal_batch_size: int | None = 128,
         **kwargs,
     ) -> None:
-        if not callable(explain):
+        if not callable(explainer):
             raise TypeError(
-                f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
             )
         check_radius("radius", radius)
-        check_positive_int("n_samples", n_samples)
+        check_int("n_samples", n_samples)
         check_chunk(internal_batch_size)
         super().__init__(**kwargs)
-        self.explain = explain
+        self.explainer = explainer
         self.options = dict(
             radius=radius,
             n_samples=n_samples,
@@ -63,5 +63,5 @@ class MaxSensitivity(ScalarMetric):
     def update(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
     ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explain(model, images, targets)`` if known."""
-        self._accumulate(max_sensitivity(model, images, targets, self.explain, maps, **self.options))
+        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explainer(model, images, targets)`` if known."""
+        self._accumulate(max_sensitivity(model, images, targets, self.explainer, maps, **self.options))

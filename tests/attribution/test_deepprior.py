@@ -11,7 +11,7 @@ from sklearn.mixture import BayesianGaussianMixture
 from torch import nn
 
 from impactx.attribution.deepprior import DeepPriorEG, prior_probability_map
-from impactx.attribution.priors_fit import GaussianDensity, MixtureDensity
+from impactx.attribution.densities import GaussianDensity, MixtureDensity
 from impactx.attribution.registry import available, create_explainer
 
 DT = torch.float64
@@ -278,9 +278,39 @@ def test_registered_reduce_channels_and_model_state() -> None:
 
 
 def test_background_none_uses_the_batch() -> None:
-    model, x = small_cnn(), images(3, 22)
-    out = DeepPriorEG(prior="mgm", n_samples=4)(model, x, 0)
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    """With no background the references and the density come from the explained batch: the same map as
+    passing the batch as the background explicitly, and not the map of a zero background."""
+    model, x, target = small_cnn(), images(3, 22), torch.tensor([0, 2, 1])
+    out = DeepPriorEG(prior="mgm", n_samples=32, seed=2)(model, x, target)
+    explicit = DeepPriorEG(prior="mgm", n_samples=32, seed=2)(model, x, target, background=x.clone())
+    torch.testing.assert_close(out, explicit, rtol=1e-10, atol=1e-12)
+    zeros = DeepPriorEG(prior="mgm", n_samples=32, seed=2)
+    assert not torch.allclose(out, zeros(model, x, target, background=torch.zeros_like(x)))
+    fitted = DeepPriorEG(prior="mgm", n_samples=4)
+    fitted(model, x, 0)
+    with torch.no_grad():
+        batch_rows = rows(model[:3](x))
+    np.testing.assert_allclose(fitted.density.mean.numpy(), batch_rows.mean(axis=0), rtol=1e-10)
+
+
+def test_density_follows_the_weights() -> None:
+    """A model trained further is refitted at its next call; the same weights in another object are not."""
+    model, bg, x = small_cnn(0), images(6, 30), images(2, 31)
+    explainer = DeepPriorEG(prior="mgm", background=bg, n_samples=4)
+    explainer(model, x, 0)
+    first = explainer.density
+    copy = small_cnn(0)  # another object, the same weights
+    explainer(copy, x, 0)
+    assert explainer.density is first
+    with torch.no_grad():  # what an optimiser step does: in place
+        model[0].weight.add_(0.5)
+    assert not explainer.is_fitted_for(model)
+    explainer(model, x, 0)
+    assert explainer.density is not first
+    with torch.no_grad():
+        bg_rows = rows(model[:3](bg))
+    np.testing.assert_allclose(explainer.density.mean.numpy(), bg_rows.mean(axis=0), rtol=1e-10)
+    assert not np.allclose(first.mean.numpy(), explainer.density.mean.numpy())
 
 
 def test_max_background_keeps_a_subset() -> None:
@@ -315,7 +345,7 @@ def test_model_without_conv() -> None:
         ({"n_samples": 0}, "n_samples must be a positive int"),
         ({"shrinkage": 1.5}, "shrinkage must lie in"),
         ({"output": "softmax"}, "output must be one of"),
-        ({"background": torch.zeros(3, 8, 8)}, "background must be a non-empty"),
+        ({"background": torch.zeros(3, 8, 8)}, r"background must have shape \[N,C,H,W\]"),
     ],
 )
 def test_bad_options(options: dict, match: str) -> None:

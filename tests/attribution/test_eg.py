@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from impactx.attribution import attribute, create_explainer
-from impactx.attribution.eg import ExpectedGradients, materialise_background
+from impactx.attribution.background import materialise_background
+from impactx.attribution.eg import ExpectedGradients
 
 
 def _scores(model, x, target):
@@ -140,24 +141,29 @@ def test_background_from_dataset_and_datamodule(tiny_background):
     assert not torch.equal(first, other)
 
 
-def test_background_set_later_and_per_call(tiny_cnn, tiny_images, tiny_background):
+def test_background_at_construction_or_per_call(tiny_cnn, tiny_images, tiny_background):
     explainer = ExpectedGradients(n_samples=5, seed=0)
     with pytest.raises(ValueError, match="needs a background"):
         explainer(tiny_cnn, tiny_images, 0)
-    explainer.background = tiny_background
-    configured = explainer(tiny_cnn, tiny_images, 0)
-    fresh = ExpectedGradients(background=tiny_background, n_samples=5, seed=0)(tiny_cnn, tiny_images, 0)
-    torch.testing.assert_close(configured, fresh)
+    per_call = explainer(tiny_cnn, tiny_images, 0, background=tiny_background)
+    fixed = ExpectedGradients(background=tiny_background, n_samples=5, seed=0)
+    configured = fixed(tiny_cnn, tiny_images, 0)
+    torch.testing.assert_close(per_call, configured)
     other = tiny_background.flip(0) * 0.5
-    per_call = explainer(tiny_cnn, tiny_images, 0, background=other)
+    overridden = fixed(tiny_cnn, tiny_images, 0, background=other)
     torch.testing.assert_close(
-        per_call, ExpectedGradients(background=other, n_samples=5, seed=0)(tiny_cnn, tiny_images, 0)
+        overridden, ExpectedGradients(background=other, n_samples=5, seed=0)(tiny_cnn, tiny_images, 0)
     )
-    torch.testing.assert_close(
-        explainer(tiny_cnn, tiny_images, 0), configured
-    )  # the override was for one call
-    explainer.set_background(None)
-    assert explainer.background is None
+    assert not torch.allclose(overridden, configured)
+    torch.testing.assert_close(fixed(tiny_cnn, tiny_images, 0), configured)  # the override was for one call
+    assert explainer.background is None and torch.equal(fixed.background, tiny_background)
+    with pytest.raises(AttributeError):
+        fixed.background = other  # never changed between calls
+
+
+def test_explainers_without_background_refuse_one(tiny_cnn, tiny_images, tiny_background):
+    with pytest.raises(TypeError, match="takes no background"):
+        create_explainer("ig", n_steps=4)(tiny_cnn, tiny_images, 0, background=tiny_background)
 
 
 def test_unseeded_calls_follow_torch_global_seed(tiny_cnn, tiny_images, tiny_background):

@@ -11,11 +11,11 @@ from shap.utils import make_masks
 from torch import nn
 
 from impactx.attribution.partition import Partition, expansion_evals, partition_owen
-from impactx.attribution.partition_blur import box_blur, default_blur_kernel
-from impactx.attribution.partition_masking import masked_images
-from impactx.attribution.partition_tree import image_tree
+from impactx.attribution.partition.blur import box_blur, default_blur_kernel
+from impactx.attribution.partition.masking import masked_images
+from impactx.attribution.partition.shap_reference import ShapPartition, shap_owen
+from impactx.attribution.partition.tree import image_tree
 from impactx.attribution.registry import available, create_explainer
-from impactx.attribution.shap_partition import ShapPartition, shap_owen
 from impactx.models import create_backbone
 
 
@@ -188,6 +188,36 @@ def test_partition_matches_shap_on_lenet_gray():
     ours = partition_owen(model, x, y, max_evals=800, output="logit")
     assert torch.equal(ours.evals, ref.evals)
     assert (_corr(ours.attributions, ref.attributions) >= 0.99).all()
+
+
+class ViewLeNet(nn.Module):
+    """A LeNet written as peers' scripts write it: the features are flattened with ``.view``, which needs
+    a contiguous (NCHW) tensor."""
+
+    def __init__(self, in_chans: int, size: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_chans, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        side = ((size - 4) // 2 - 4) // 2
+        self.fc = nn.Linear(16 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32)])
+def test_shap_partition_runs_a_model_that_flattens_with_view(in_chans, size):
+    torch.manual_seed(0)
+    model = ViewLeNet(in_chans, size).eval()
+    x = torch.randn(2, in_chans, size, size)
+    y = torch.tensor([1, 4])
+    ref = create_explainer("shap_partition", max_evals=120)(model, x, y)
+    ours = partition_owen(model, x, y, max_evals=120).attributions
+    assert ref.shape == x.shape
+    assert (_corr(ours, ref) >= 0.99).all()
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ def test_already_low_score_gives_zero_counts_and_uniform_weights(template_case):
     fall back to uniform instead of dividing by zero."""
     model, x, target, background = template_case
     wrong = (target + 1) % 3
-    result = WeightedIntegratedGradients(background=background, n_baselines=4, n_steps=8, seed=0).explain(
+    result = WeightedIntegratedGradients(background=background, n_baselines=4, n_steps=8, seed=0).result(
         model, x, wrong
     )
     assert (result.counts == 0).all()
@@ -221,7 +221,7 @@ def test_weights_per_baseline_ig_and_generalised_completeness(template_case):
     n_steps = 32
     result = WeightedIntegratedGradients(
         background=background, n_baselines=6, n_steps=n_steps, seed=0
-    ).explain(model, x, target)
+    ).result(model, x, target)
     # the weights are normalised inverse fitness counts, and they differ between baselines here
     inverse = 1.0 / result.counts.clamp_min(1).double()
     torch.testing.assert_close(result.weights, inverse / inverse.sum(dim=1, keepdim=True))
@@ -248,8 +248,8 @@ def test_weights_per_baseline_ig_and_generalised_completeness(template_case):
 def test_filtered_wg_drops_highest_counts(template_case):
     model, x, target, background = template_case
     options = dict(background=background, n_baselines=6, n_steps=8, seed=0)
-    full = WeightedIntegratedGradients(**options).explain(model, x, target)
-    filtered = WeightedIntegratedGradients(drop_lowest=2, **options).explain(model, x, target)
+    full = WeightedIntegratedGradients(**options).result(model, x, target)
+    filtered = WeightedIntegratedGradients(drop_lowest=2, **options).result(model, x, target)
     assert torch.equal(full.counts, filtered.counts)
     assert ((filtered.weights == 0).sum(dim=1) == 2).all()
     kept = filtered.weights > 0
@@ -257,7 +257,7 @@ def test_filtered_wg_drops_highest_counts(template_case):
         assert full.counts[row][kept[row]].max() <= full.counts[row][~kept[row]].min()
         inverse = 1.0 / full.counts[row][kept[row]].clamp_min(1).double()
         torch.testing.assert_close(filtered.weights[row][kept[row]], inverse / inverse.sum())
-    best_only = WeightedIntegratedGradients(drop_lowest=5, **options).explain(model, x, target)
+    best_only = WeightedIntegratedGradients(drop_lowest=5, **options).result(model, x, target)
     best = best_only.weights.argmax(dim=1)
     torch.testing.assert_close(best_only.attributions, best_only.per_baseline[torch.arange(4), best])
     with pytest.raises(ValueError, match="drop_lowest"):
@@ -269,9 +269,9 @@ def test_filtered_wg_drops_highest_counts(template_case):
 def test_baselines_fixed_or_distinct_draws(template_case):
     model, x, target, background = template_case
     fixed = background[:3]
-    result = WeightedIntegratedGradients(baselines=fixed, n_steps=4).explain(model, x, target)
+    result = WeightedIntegratedGradients(baselines=fixed, n_steps=4).result(model, x, target)
     assert torch.equal(result.baselines, fixed.expand(4, 3, 1, 8, 8))
-    drawn = WeightedIntegratedGradients(background=background, n_baselines=5, n_steps=4, seed=1).explain(
+    drawn = WeightedIntegratedGradients(background=background, n_baselines=5, n_steps=4, seed=1).result(
         model, x, target
     )
     same = (drawn.baselines.flatten(2)[:, :, None] == background.flatten(1)[None, None]).all(dim=3)  # [B,K,N]

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from callbacks import CurvePanel, ExplanationEvaluation, ExplanationGallery, plot_curves, subset_positions
-from callbacks.sources import build_sources, is_self_explaining, normalise_spec, self_maps
 from callbacks.subset import padded_shard, shard, unshard
+from impactx.attribution.sources import build_sources
+from impactx.attribution.specs import normalise_named_options, parse_explainers
+from impactx.models import is_self_explaining, self_maps
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 13])
@@ -59,7 +61,7 @@ def test_plot_curves_labels_legend_and_title():
         ({"explainers": 3}, TypeError, "explainers must be"),
         ({"metrics": ["morf", "bogus"]}, ValueError, "unknown metric 'bogus'"),
         ({"metrics": {"morf": {"patch": 3}}}, ValueError, r"metrics\['morf'\]: unknown options \['patch'\]"),
-        ({"metrics": {"max_sensitivity": {"explain": None}}}, ValueError, "supplies"),
+        ({"metrics": {"max_sensitivity": {"explainer": None}}}, ValueError, "supplies"),
         ({"target": "truth"}, ValueError, "target must be"),
         ({"num_images": 0}, ValueError, "num_images"),
         ({"every_n_val_epochs": -1}, ValueError, "every_n_val_epochs"),
@@ -71,9 +73,11 @@ def test_bad_configuration_fails_at_construction(kwargs, error, match):
 
 
 def test_list_and_dict_specs_agree():
-    assert normalise_spec(["ig", "eg"]) == normalise_spec({"ig": None, "eg": {}}) == {"ig": {}, "eg": {}}
+    assert normalise_named_options(["ig", "eg"], "explainers") == {"ig": {}, "eg": {}}
+    assert normalise_named_options({"ig": None, "eg": {}}, "explainers") == {"ig": {}, "eg": {}}
+    assert parse_explainers(["ig", "eg"]) == parse_explainers({"ig": None, "eg": {}})
     with pytest.raises(ValueError, match="twice"):
-        normalise_spec(["ig", "ig"])
+        normalise_named_options(["ig", "ig"], "explainers")
 
 
 def test_background_explainers_get_a_seeded_train_background(digits, lenet):
@@ -84,12 +88,12 @@ def test_background_explainers_get_a_seeded_train_background(digits, lenet):
         return ExplanationGallery(explainers=None).background(_Trainer(digits), torch.device("cpu"))
 
     sources = build_sources(
-        lenet, {"eg": {"n_samples": 4}, "wg": {"n_baselines": 2, "n_steps": 4}, "ig": {"n_steps": 4}},
+        lenet, parse_explainers({"eg": {"n_samples": 4}, "wg": {"n_baselines": 2, "n_steps": 4}, "ig": {"n_steps": 4}}),
         use_self=True, reduce_channels=True, seed=5, background=background,
     )
     assert [s.name for s in sources] == ["eg", "wg", "ig"]  # lenet is not self-explaining
     assert len(calls) == 1  # one background set, shared
-    eg, wg = sources[0].explain, sources[1].explain
+    eg, wg = sources[0].map_fn, sources[1].map_fn
     assert eg.seed == 5 and wg.seed == 5
     assert eg.background.shape == (64, 1, 32, 32)
     assert eg.background is wg.background
@@ -107,7 +111,7 @@ def test_sources_reduce_channels_and_leave_model_state(lenet):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(),
                           nn.Linear(4 * 8 * 8, 3)).train()
     stats = model[1].running_mean.clone()
-    sources = build_sources(model, {"ig": {"n_steps": 4}}, use_self=True, reduce_channels=True, seed=0,
+    sources = build_sources(model, parse_explainers({"ig": {"n_steps": 4}}), use_self=True, reduce_channels=True, seed=0,
                             background=lambda: None)
     maps = sources[0](model, torch.randn(2, 3, 8, 8), torch.tensor([0, 2]))
     assert maps.shape == (2, 1, 8, 8)
@@ -167,7 +171,7 @@ def test_yaml_config_through_the_cli(tmp_path):
     cli = train.make_cli(["--config", str(config)], run=False)
     evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, ExplanationEvaluation))
     gallery = next(c for c in cli.trainer.callbacks if isinstance(c, ExplanationGallery))
-    assert evaluation.explainers == {"ig": {"n_steps": 32}, "eg": {"n_samples": 32}}
+    assert evaluation.explainers == parse_explainers({"ig": {"n_steps": 32}, "eg": {"n_samples": 32}})
     assert list(evaluation.metrics) == ["morf", "lerf", "deletion", "insertion", "sparseness", "noise_accuracy"]
-    assert gallery.explainers == {"ig": {}} and gallery.morf_options["n_steps"] == 16
+    assert gallery.explainers == parse_explainers("ig") and gallery.morf_options["n_steps"] == 16
     assert cli.trainer.test_loop.inference_mode is False

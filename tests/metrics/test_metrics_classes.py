@@ -31,18 +31,18 @@ def _mean_rows(values: torch.Tensor) -> torch.Tensor:
 # (metric factory, update-args builder, expected value from the functional core on the whole batch)
 CASES = {
     "morf": (
-        lambda m: M.MoRF(patch_size=2, n_steps=6, seed=1),
+        lambda m: M.MoRF(patch_size=2, n_steps=6, perturbation={"seed": 1}),
         lambda m, x, y, a, s: (m, x, y, a),
         lambda m, x, y, a, s: {
-            "curve": (c := F.morf_curve(m, x, y, a, patch_size=2, n_steps=6, seed=1).mean(0)),
+            "curve": (c := F.morf_curve(m, x, y, a, patch_size=2, n_steps=6, perturbation={"seed": 1}).mean(0)),
             "aopc": F.aopc(c),
         },
     ),
     "lerf": (
-        lambda m: M.LeRF(patch_size=4, n_steps=3, replacement="blur"),
+        lambda m: M.LeRF(patch_size=4, n_steps=3, perturbation={"replacement": "blur"}),
         lambda m, x, y, a, s: (m, x, y, a),
         lambda m, x, y, a, s: {
-            "curve": (c := F.lerf_curve(m, x, y, a, patch_size=4, n_steps=3, replacement="blur").mean(0)),
+            "curve": (c := F.lerf_curve(m, x, y, a, patch_size=4, n_steps=3, perturbation=F.Perturbation("blur")).mean(0)),
             "aopc": F.aopc(c),
         },
     ),
@@ -55,10 +55,10 @@ CASES = {
         },
     ),
     "insertion": (
-        lambda m: M.InsertionAUC(n_steps=8, replacement="uniform", seed=4),
+        lambda m: M.InsertionAUC(n_steps=8, perturbation={"replacement": "uniform", "seed": 4}),
         lambda m, x, y, a, s: (m, x, y, a),
         lambda m, x, y, a, s: {
-            "curve": (c := F.insertion_curve(m, x, y, a, n_steps=8, replacement="uniform", seed=4).mean(0)),
+            "curve": (c := F.insertion_curve(m, x, y, a, n_steps=8, perturbation={"replacement": "uniform", "seed": 4}).mean(0)),
             "auc": F.riemann_auc(c),
         },
     ),
@@ -183,11 +183,11 @@ def test_higher_is_better_directions():
     "build,error,match",
     [
         (lambda: M.MoRF(patch_size=0), ValueError, "patch_size must be a positive int"),
-        (lambda: M.MoRF(replacement="gauss"), ValueError, "replacement must be one of"),
+        (lambda: M.MoRF(perturbation={"replacement": "gauss"}), ValueError, "replacement must be one of"),
         (lambda: M.DeletionAUC(n_steps=0), ValueError, "n_steps must be a positive int"),
         (lambda: M.KPM(output="proba"), ValueError, "output must be one of"),
         (lambda: M.NoiseAccuracy(noise_levels=[-1.0]), ValueError, "noise_levels"),
-        (lambda: M.MaxSensitivity("ig"), TypeError, "explain must be a callable"),
+        (lambda: M.MaxSensitivity("ig"), TypeError, "explainer must be a callable"),
         (lambda: M.MaxSensitivity(saliency, radius=-1), ValueError, "radius"),
         (
             lambda: M.ModelParameterRandomisation(tiny_cnn(), saliency, similarity="l2"),

@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 def _metrics():
-    return MoRF(patch_size=4, n_steps=4, seed=9), Sparseness()
+    return MoRF(patch_size=4, n_steps=4, perturbation={"seed": 9}), Sparseness()
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -53,7 +53,7 @@ def test_ddp_synced_value_equals_single_process(tmp_path):
     morf.update(model, images, targets, maps)
     sparse.update(maps)
     single = {"morf": morf.compute(), "sparseness": sparse.compute()}
-    local = MoRF(patch_size=4, n_steps=4, seed=9)
+    local = MoRF(patch_size=4, n_steps=4, perturbation={"seed": 9})
     local.update(model, images[:3], targets[:3], maps[:3])
     for rank in range(2):
         synced = torch.load(tmp_path / f"rank{rank}.pt")

@@ -16,7 +16,13 @@ import quantus
 import torch
 from metrics_helpers import batch, linear_model, np32, tiny_cnn
 
-from impactx.metrics.functional import deletion_curve, feature_counts, insertion_curve, riemann_auc
+from impactx.metrics.functional import (
+    Perturbation,
+    deletion_curve,
+    feature_counts,
+    insertion_curve,
+    riemann_auc,
+)
 
 
 # Quantus needs features_in_step to divide H * W; 3x12x12 with 9 steps flips 48 entries (16 pixels) a step.
@@ -77,7 +83,7 @@ def test_riemann_auc_and_counts():
 def test_insertion_starts_blank_and_ends_at_image():
     model = tiny_cnn(3)
     images, targets, maps = batch(2, 3)
-    curve = insertion_curve(model, images, targets, maps, n_steps=8, replacement="blur", blur_sigma=2.0)
+    curve = insertion_curve(model, images, targets, maps, n_steps=8, perturbation=Perturbation("blur", blur_sigma=2.0))
     from impactx.metrics.functional import gaussian_blur
 
     with torch.no_grad():
@@ -103,7 +109,7 @@ def test_errors():
     with pytest.raises(ValueError, match="n_steps must be a positive int"):
         insertion_curve(model, images, targets, maps, n_steps=0)
     with pytest.raises(ValueError, match="replacement must be one of"):
-        deletion_curve(model, images, targets, maps, replacement="black")
+        deletion_curve(model, images, targets, maps, perturbation={"replacement": "black"})
     with pytest.raises(ValueError, match="maps must have shape"):
         deletion_curve(model, images, targets, maps.transpose(2, 3)[:, :, :8])
     with pytest.raises(ValueError, match="target has 3 entries"):

@@ -80,7 +80,7 @@ def test_masking_value_tensor_and_channels():
     model = tiny_cnn(3, 8)
     images, targets, maps = batch(2, 3, 8)
     mean = images.mean(dim=(0, 2, 3)).view(3, 1, 1)
-    curve = keep_remove_curve(model, images, targets, maps, variant="kam", n_steps=4, value=mean)
+    curve = keep_remove_curve(model, images, targets, maps, variant="kam", n_steps=4, perturbation={"value": mean})
     with torch.no_grad():
         masked = model(mean.expand(2, 3, 8, 8)).gather(1, targets.view(-1, 1)).squeeze(1)
         full = model(images).gather(1, targets.view(-1, 1)).squeeze(1)

@@ -17,12 +17,12 @@ import torch
 from metrics_helpers import batch, linear_model, np32, tiny_cnn
 
 from impactx.metrics.functional import (
+    Perturbation,
     aopc,
     gaussian_blur,
     lerf_curve,
     morf_curve,
     region_perturbation_curve,
-    replacement_values,
 )
 
 
@@ -34,7 +34,7 @@ def test_matches_quantus_region_perturbation(order, in_chans, map_chans):
     maps = maps[:, :map_chans]
     n = 10
     ours = region_perturbation_curve(
-        model, images, targets, maps, order=order, patch_size=4, n_steps=n, replacement="constant", value=0.0
+        model, images, targets, maps, order=order, patch_size=4, n_steps=n, perturbation={"replacement": "constant", "value": 0.0}
     )
     metric = quantus.RegionPerturbation(
         patch_size=4,
@@ -72,12 +72,10 @@ def test_uniform_noise_hand_computed_on_linear_model():
         targets,
         maps,
         patch_size=4,
-        replacement="uniform",
-        noise_range=(-1.0, 2.0),
-        seed=7,
+        perturbation=Perturbation("uniform", noise_range=(-1.0, 2.0), seed=7),
         output="logit",
     )
-    noise = replacement_values(images, "uniform", noise_range=(-1.0, 2.0), seed=7)
+    noise = Perturbation("uniform", noise_range=(-1.0, 2.0), seed=7).fill(images)
     assert noise.min() >= -1.0 and noise.max() < 2.0 and noise.std() > 0.5
     weight, bias = model[1].weight.detach(), model[1].bias.detach()
     for b in range(3):  # the reference loops over images and steps explicitly
@@ -95,13 +93,13 @@ def test_uniform_noise_hand_computed_on_linear_model():
 def test_uniform_noise_depends_only_on_image_and_seed():
     model = tiny_cnn(1)
     images, targets, maps = batch(5, 1)
-    full = morf_curve(model, images, targets, maps, patch_size=4, seed=3)
-    alone = morf_curve(model, images[2:3], targets[2:3], maps[2:3], patch_size=4, seed=3)
+    full = morf_curve(model, images, targets, maps, patch_size=4, perturbation={"seed": 3})
+    alone = morf_curve(model, images[2:3], targets[2:3], maps[2:3], patch_size=4, perturbation={"seed": 3})
     torch.testing.assert_close(full[2:3], alone)
-    other_seed = morf_curve(model, images, targets, maps, patch_size=4, seed=4)
+    other_seed = morf_curve(model, images, targets, maps, patch_size=4, perturbation={"seed": 4})
     assert not torch.allclose(full, other_seed)
     # default noise range: each image's own [min, max]
-    noise = replacement_values(images, "uniform", seed=3)
+    noise = Perturbation("uniform", seed=3).fill(images)
     assert bool((noise.amin(dim=(1, 2, 3)) >= images.amin(dim=(1, 2, 3))).all())
     assert bool((noise.amax(dim=(1, 2, 3)) <= images.amax(dim=(1, 2, 3))).all())
 
@@ -117,7 +115,7 @@ def test_blur_replacement_matches_scipy_gaussian_filter():
     model = linear_model(3, 16, num_classes=2)
     _, targets, maps = batch(2, 3, 16, num_classes=2)
     curve = morf_curve(
-        model, images, targets, maps, patch_size=16, replacement="blur", blur_sigma=1.5, output="logit"
+        model, images, targets, maps, patch_size=16, perturbation=Perturbation("blur", blur_sigma=1.5), output="logit"
     )
     with torch.no_grad():
         expected = model(gaussian_blur(images, 1.5)).gather(1, targets.view(-1, 1)).squeeze(1)
@@ -130,16 +128,16 @@ def test_aopc_definition_and_lerf_is_reverse_order():
     model = tiny_cnn(1)
     images, targets, maps = batch(2, 1)
     # LeRF of a map is MoRF of the negated map (no ties in random maps)
-    lerf = lerf_curve(model, images, targets, maps, patch_size=4, replacement="constant")
-    morf_neg = morf_curve(model, images, targets, -maps, patch_size=4, replacement="constant")
+    lerf = lerf_curve(model, images, targets, maps, patch_size=4, perturbation={"replacement": "constant"})
+    morf_neg = morf_curve(model, images, targets, -maps, patch_size=4, perturbation={"replacement": "constant"})
     torch.testing.assert_close(lerf, morf_neg)
 
 
 def test_eval_mode_restored_and_no_gradients():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(256, 3)).train()
     images, targets, maps = batch(2, 1)
-    first = morf_curve(model, images, targets, maps, patch_size=4, replacement="constant")
-    second = morf_curve(model, images, targets, maps, patch_size=4, replacement="constant")
+    first = morf_curve(model, images, targets, maps, patch_size=4, perturbation={"replacement": "constant"})
+    second = morf_curve(model, images, targets, maps, patch_size=4, perturbation={"replacement": "constant"})
     torch.testing.assert_close(first, second)  # dropout was off
     assert model.training and model[1].training
     assert not first.requires_grad and model[2].weight.grad is None
@@ -151,12 +149,13 @@ def test_eval_mode_restored_and_no_gradients():
         (dict(patch_size=5), "must divide"),
         (dict(patch_size=32), "larger than the image"),
         (dict(patch_size=0), "positive int"),
-        (dict(replacement="zeros"), "replacement must be one of"),
+        (dict(perturbation={"replacement": "zeros"}), "replacement must be one of"),
         (dict(patch_size=4, n_steps=17), "exceeds the number of regions"),
         (dict(order="middle"), "order must be"),
         (dict(output="softmax"), "output must be one of"),
-        (dict(replacement="uniform", noise_range=(1.0, 0.0)), "noise_range"),
-        (dict(replacement="constant", value=torch.zeros(2, 2)), "cannot be broadcast"),
+        (dict(perturbation={"replacement": "uniform", "noise_range": (1.0, 0.0)}), "noise_range"),
+        (dict(perturbation={"replace": "uniform"}), "unknown fields"),
+        (dict(perturbation=Perturbation("constant", value=torch.zeros(2, 2))), "cannot be broadcast"),
     ],
 )
 def test_bad_options_raise(kwargs, match):

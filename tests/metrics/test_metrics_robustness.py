@@ -99,7 +99,7 @@ def test_ball_noise_is_batch_invariant_and_explainer_errors():
         max_sensitivity(model, images, targets, saliency, radius=0.0)
     with pytest.raises(ValueError, match="n_samples must be a positive int"):
         max_sensitivity(model, images, targets, saliency, n_samples=0)
-    with pytest.raises(TypeError, match="explain must be a callable"):
+    with pytest.raises(TypeError, match="explainer must be a callable"):
         max_sensitivity(model, images, targets, "ig")
     with pytest.raises(RuntimeError, match="same map shape"):
         max_sensitivity(model, images, targets, lambda m, x, y: x[:, :, :4], maps=images, n_samples=1)

@@ -21,10 +21,10 @@ from impactx.metrics.functional.noise_accuracy import (
 from impactx.metrics.functional.overlap import overlap_auc, overlap_curve
 from impactx.metrics.functional.perturbation import (
     REPLACEMENTS,
+    Perturbation,
     gaussian_blur,
     masked_scores,
     ranks_from_scores,
-    replacement_values,
 )
 from impactx.metrics.functional.randomisation import (
     cascading_randomisation,
@@ -40,6 +40,7 @@ from impactx.metrics.functional.sparseness import sparseness
 __all__ = [
     "DEFAULT_NOISE_LEVELS",
     "REPLACEMENTS",
+    "Perturbation",
     "VARIANTS",
     "aopc",
     "average_drop",
@@ -65,7 +66,6 @@ __all__ = [
     "randomisable_layers",
     "ranks_from_scores",
     "region_perturbation_curve",
-    "replacement_values",
     "riemann_auc",
     "sparseness",
     "spearman_correlation",

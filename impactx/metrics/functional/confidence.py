@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode, forward_scores
+from impactx.core import eval_mode, forward_scores
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_maps, check_output_name
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impactx.metrics.functional.perturbation import Replacement, perturbation_curve, ranks_from_scores
-from impactx.metrics.functional.validation import check_curve_inputs, check_positive_int
+from impactx.metrics.functional.perturbation import (
+    Perturbation,
+    PerturbationLike,
+    as_perturbation,
+    perturbation_curve,
+    ranks_from_scores,
+)
+from impactx.metrics.functional.validation import check_curve_inputs, check_int
+
+DEFAULT_PERTURBATION = Perturbation("constant", value=0.0)
 
 
 def feature_counts(n_features: int, n_steps: int, device: torch.device) -> torch.Tensor:
@@ -22,23 +30,19 @@ def _pixel_curve(
     maps: torch.Tensor,
     insert: bool,
     n_steps: int,
-    replacement: Replacement,
-    value: float | torch.Tensor,
-    noise_range: tuple[float, float] | None,
-    blur_sigma: float,
-    seed: int,
+    perturbation: PerturbationLike,
     output: str,
     internal_batch_size: int | None,
 ) -> torch.Tensor:
     targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
     b = images.shape[0]
     n_features = maps[0].numel()
-    n = check_positive_int("n_steps", n_steps, n_features, "the number of map entries")
+    n = check_int("n_steps", n_steps, maximum=n_features, what="the number of map entries")
     rank_map = ranks_from_scores(maps.reshape(b, -1), descending=True).view(maps.shape)
     counts = feature_counts(n_features, n, images.device).expand(b, -1)
     return perturbation_curve(
         model, images, targets_t, rank_map, counts, not insert, output, chunk,
-        replacement, value, noise_range, blur_sigma, seed,
+        as_perturbation(perturbation, DEFAULT_PERTURBATION),
     )
 
 
@@ -48,11 +52,7 @@ def deletion_curve(
     targets: torch.Tensor | int,
     maps: torch.Tensor,
     n_steps: int = 100,
-    replacement: Replacement = "constant",
-    value: float | torch.Tensor = 0.0,
-    noise_range: tuple[float, float] | None = None,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
+    perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
 ) -> torch.Tensor:
@@ -61,25 +61,11 @@ def deletion_curve(
     ``M_p`` masks the top ``k_i = floor(p_i * P)`` features of the map ``phi(x)`` (descending order,
     ties to the lower flat index); a feature is one map entry, so a ``[B,1,H,W]`` map ranks pixels (all
     channels of a pixel go together) and a ``[B,C,H,W]`` map ranks single entries. As in the weighted-IG
-    paper, masking multiplies by zero (``replacement="constant"``, ``value=0``) and the score is the
+    paper, masking multiplies by zero (the default ``Perturbation("constant", value=0)``) and the score is the
     class probability ``f_c`` (``output="prob"``). Column 0 is the unperturbed image, column ``N`` the
     fully masked one. Summarise with :func:`riemann_auc` (lower is better).
     """
-    return _pixel_curve(
-        model,
-        images,
-        targets,
-        maps,
-        False,
-        n_steps,
-        replacement,
-        value,
-        noise_range,
-        blur_sigma,
-        seed,
-        output,
-        internal_batch_size,
-    )
+    return _pixel_curve(model, images, targets, maps, False, n_steps, perturbation, output, internal_batch_size)
 
 
 def insertion_curve(
@@ -88,11 +74,7 @@ def insertion_curve(
     targets: torch.Tensor | int,
     maps: torch.Tensor,
     n_steps: int = 100,
-    replacement: Replacement = "constant",
-    value: float | torch.Tensor = 0.0,
-    noise_range: tuple[float, float] | None = None,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
+    perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
 ) -> torch.Tensor:
@@ -103,21 +85,7 @@ def insertion_curve(
     features of ``x`` in descending order of the map (column ``N`` is ``x``). Summarise with
     :func:`riemann_auc` over the same ``p_i = i / N`` (higher is better).
     """
-    return _pixel_curve(
-        model,
-        images,
-        targets,
-        maps,
-        True,
-        n_steps,
-        replacement,
-        value,
-        noise_range,
-        blur_sigma,
-        seed,
-        output,
-        internal_batch_size,
-    )
+    return _pixel_curve(model, images, targets, maps, True, n_steps, perturbation, output, internal_batch_size)
 
 
 def riemann_auc(curve: torch.Tensor) -> torch.Tensor:

@@ -27,11 +27,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from impactx.metrics.functional.perturbation import Replacement, perturbation_curve, ranks_from_scores
-from impactx.metrics.functional.validation import check_curve_inputs, check_positive_int
+from impactx.metrics.functional.perturbation import (
+    Perturbation,
+    PerturbationLike,
+    as_perturbation,
+    perturbation_curve,
+    ranks_from_scores,
+)
+from impactx.metrics.functional.validation import check_curve_inputs, check_int
 
 Variant = Literal["kpm", "knm", "kam", "rpm", "rnm", "ram"]
 VARIANTS: tuple[str, ...] = ("kpm", "knm", "kam", "rpm", "rnm", "ram")
+DEFAULT_PERTURBATION = Perturbation("constant", value=0.0)
 _SIGNS = {"p": "positive", "n": "negative", "a": "absolute"}
 
 
@@ -42,11 +49,7 @@ def keep_remove_curve(
     maps: torch.Tensor,
     variant: Variant = "kpm",
     n_steps: int = 10,
-    replacement: Replacement = "constant",
-    value: float | torch.Tensor = 0.0,
-    noise_range: tuple[float, float] | None = None,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
+    perturbation: PerturbationLike = None,
     output: str = "logit",
     internal_batch_size: int | None = 128,
 ) -> torch.Tensor:
@@ -62,7 +65,7 @@ def keep_remove_curve(
     targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
     b = images.shape[0]
     n_features = maps[0].numel()
-    n = check_positive_int("n_steps", n_steps, n_features, "the number of map entries")
+    n = check_int("n_steps", n_steps, maximum=n_features, what="the number of map entries")
 
     keep, sign = variant[0] == "k", _SIGNS[variant[1]]
     flat = maps.reshape(b, -1)
@@ -82,7 +85,7 @@ def keep_remove_curve(
     counts = torch.minimum(fractions.view(1, -1), eligible.sum(dim=1, keepdim=True))
     return perturbation_curve(
         model, images, targets_t, ranks.view(maps.shape), counts, not keep, output, chunk,
-        replacement, value, noise_range, blur_sigma, seed,
+        as_perturbation(perturbation, DEFAULT_PERTURBATION),
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode, image_keys, keyed_uniform
+from impactx.core import eval_mode, image_keys, keyed_uniform
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_noise_levels
 
 DEFAULT_NOISE_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(11))

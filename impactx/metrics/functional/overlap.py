@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from impactx.metrics.functional.validation import check_masks, check_positive_int
+from impactx.metrics.functional.validation import check_int, check_masks
 
 
 def overlap_curve(maps: torch.Tensor, masks: torch.Tensor, n_steps: int = 100) -> torch.Tensor:
@@ -23,7 +23,7 @@ def overlap_curve(maps: torch.Tensor, masks: torch.Tensor, n_steps: int = 100) -
         shape = list(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise ValueError(f"maps must be a [B,C,H,W] or [B,1,H,W] tensor, got {shape}")
     inside = check_masks(maps, masks)
-    n = check_positive_int("n_steps", n_steps)
+    n = check_int("n_steps", n_steps)
     b = maps.shape[0]
     dtype = maps.dtype if maps.is_floating_point() else torch.float32
     relevance = maps.detach().to(dtype).sum(dim=1).reshape(b, -1)

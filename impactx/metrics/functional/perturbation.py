@@ -10,13 +10,14 @@ the inputs' device and scored as batches; nothing loops over images.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from impactx.attribution.common import eval_mode, image_keys, keyed_uniform, target_scores
+from impactx.core import eval_mode, gaussian_blur, image_keys, keyed_uniform, target_scores
 
 Replacement = Literal["uniform", "constant", "blur"]
 REPLACEMENTS: tuple[str, ...] = ("uniform", "constant", "blur")
@@ -31,31 +32,9 @@ def check_replacement(replacement: str) -> str:
     return replacement
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``images [B,C,H,W]`` (kernel radius ``ceil(3 sigma)``, edge-replicated)."""
-    if not (
-        isinstance(sigma, int | float) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma > 0
-    ):
-        raise ValueError(f"blur_sigma must be a finite number > 0, got {sigma!r}")
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = images.shape[1]
-    x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def replacement_values(
-    images: torch.Tensor,
-    replacement: Replacement = "constant",
-    value: float | torch.Tensor = 0.0,
-    noise_range: tuple[float, float] | None = None,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
-) -> torch.Tensor:
-    """What a perturbed unit becomes: a ``[B,C,H,W]`` tensor on the images' device.
+@dataclass(frozen=True)
+class Perturbation:
+    """What a perturbed unit (pixel, map entry or patch) becomes: the options every perturbation curve shares.
 
     - ``"constant"``: ``value`` (a float, or a tensor broadcastable to ``[B,C,H,W]`` such as per-channel
       means ``[C,1,1]`` or a mean image ``[C,H,W]``);
@@ -64,30 +43,73 @@ def replacement_values(
       draw depends only on (image, ``seed``): an image gets the same noise alone, anywhere in a batch, or
       on another DDP rank;
     - ``"blur"``: the image blurred with a Gaussian of standard deviation ``blur_sigma`` pixels.
+
+    Checked at construction. Metrics and curve functions take ``perturbation=Perturbation(...)`` or the same
+    fields as a dict (``{"replacement": "blur", "blur_sigma": 2.0}``, as a YAML config writes it).
     """
-    check_replacement(replacement)
-    if replacement == "constant":
-        value_t = torch.as_tensor(value, dtype=images.dtype, device=images.device)
-        try:
-            return torch.broadcast_to(value_t, images.shape).clone()
-        except RuntimeError:
+
+    replacement: Replacement = "constant"
+    value: float | torch.Tensor = 0.0
+    noise_range: tuple[float, float] | None = None
+    blur_sigma: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_replacement(self.replacement)
+        sigma = self.blur_sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"blur_sigma must be a finite number > 0, got {sigma!r}")
+        if self.noise_range is not None:
+            low, high = (float(v) for v in self.noise_range)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"noise_range must be (low, high) with finite low <= high, got {self.noise_range!r}")
+            object.__setattr__(self, "noise_range", (low, high))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def fill(self, images: torch.Tensor) -> torch.Tensor:
+        """The replacement of every unit of ``images [B,C,H,W]``: a ``[B,C,H,W]`` tensor on their device."""
+        if self.replacement == "constant":
+            value_t = torch.as_tensor(self.value, dtype=images.dtype, device=images.device)
+            try:
+                return torch.broadcast_to(value_t, images.shape).clone()
+            except RuntimeError:
+                raise ValueError(
+                    f"value of shape {list(value_t.shape)} cannot be broadcast to the images {list(images.shape)}"
+                ) from None
+        if self.replacement == "blur":
+            return gaussian_blur(images, self.blur_sigma, padding="replicate")
+        b = images.shape[0]
+        u = keyed_uniform(image_keys(images, self.seed), images[0].numel(), stream=_UNIFORM_STREAM)
+        u = u.to(images.dtype).view(images.shape)
+        if self.noise_range is None:
+            flat = images.detach().reshape(b, -1)
+            low = flat.min(dim=1).values.view(b, 1, 1, 1)
+            high = flat.max(dim=1).values.view(b, 1, 1, 1)
+        else:
+            low, high = self.noise_range
+        return low + (high - low) * u
+
+
+PerturbationLike = Perturbation | Mapping[str, Any] | None
+"""A :class:`Perturbation`, its fields as a dict, or ``None`` (the curve's default)."""
+
+
+def as_perturbation(perturbation: PerturbationLike, default: Perturbation = Perturbation()) -> Perturbation:
+    """``perturbation`` as a :class:`Perturbation` (``None``: ``default``; a dict: ``default`` with the dict's
+    fields changed, so ``{"seed": 1}`` keeps the curve's own replacement)."""
+    if perturbation is None:
+        return default
+    if isinstance(perturbation, Perturbation):
+        return perturbation
+    if isinstance(perturbation, Mapping):
+        unknown = sorted(set(perturbation) - {f.name for f in fields(Perturbation)})
+        if unknown:
             raise ValueError(
-                f"value of shape {list(value_t.shape)} cannot be broadcast to the images {list(images.shape)}"
-            ) from None
-    if replacement == "blur":
-        return gaussian_blur(images, blur_sigma)
-    b = images.shape[0]
-    u = keyed_uniform(image_keys(images, seed), images[0].numel(), stream=_UNIFORM_STREAM)
-    u = u.to(images.dtype).view(images.shape)
-    if noise_range is None:
-        flat = images.detach().reshape(b, -1)
-        low = flat.min(dim=1).values.view(b, 1, 1, 1)
-        high = flat.max(dim=1).values.view(b, 1, 1, 1)
-    else:
-        low, high = (float(v) for v in noise_range)
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-            raise ValueError(f"noise_range must be (low, high) with finite low <= high, got {noise_range!r}")
-    return low + (high - low) * u
+                f"perturbation has unknown fields {unknown}; accepted: {[f.name for f in fields(Perturbation)]}"
+            )
+        return replace(default, **perturbation)
+    raise TypeError(f"perturbation must be a Perturbation, a dict of its fields or None, got {type(perturbation).__name__}")
 
 
 def ranks_from_scores(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
@@ -169,15 +191,11 @@ def perturbation_curve(
     replace_first: bool,
     output: str,
     internal_batch_size: int | None,
-    replacement: Replacement,
-    value: float | torch.Tensor,
-    noise_range: tuple[float, float] | None,
-    blur_sigma: float,
-    seed: int,
+    perturbation: Perturbation,
 ) -> torch.Tensor:
-    """:func:`masked_scores` ``[B, S]`` with the fill of :func:`replacement_values`, the model in eval mode
-    (restored afterwards): the common end of every perturbation curve."""
-    fill = replacement_values(images, replacement, value, noise_range, blur_sigma, seed)
+    """:func:`masked_scores` ``[B, S]`` with the fill of ``perturbation``, the model in eval mode (restored
+    afterwards): the common end of every perturbation curve."""
+    fill = perturbation.fill(images)
     with eval_mode(model):
         return masked_scores(
             model, images, targets, fill, rank_map, counts, replace_first, output, internal_batch_size

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from impactx.attribution.common import eval_mode
-from impactx.metrics.functional.sensitivity import ExplainFn, _explain
+from impactx.core import eval_mode
+from impactx.metrics.functional.sensitivity import ExplainerFn, _maps_of
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_maps
 
 Similarity = Literal["spearman", "ssim"]
@@ -94,7 +94,7 @@ def model_randomisation(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor | int,
-    explain: ExplainFn,
+    explainer: ExplainerFn,
     maps: torch.Tensor | None = None,
     similarity: Similarity = "spearman",
     abs: bool = True,
@@ -109,13 +109,13 @@ def model_randomisation(
     lower is better. ``abs=True`` compares ``|phi|`` (Quantus' default; Adebayo et al. report both).
 
     Args:
-        explain: ``explain(model, x [N,C,H,W], y [N]) -> maps [N,Cm,H,W]``.
+        explainer: ``explainer(model, x [N,C,H,W], y [N]) -> maps [N,Cm,H,W]``.
         maps: ``phi(x)`` of the trained model, if already computed.
         similarity: ``"spearman"`` (rank correlation) or ``"ssim"``.
     """
-    if not callable(explain):
+    if not callable(explainer):
         raise TypeError(
-            f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+            f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
         )
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
@@ -126,7 +126,7 @@ def model_randomisation(
         raise ValueError("the model has no layer with parameters and reset_parameters() to randomise")
     with eval_mode(model):
         if maps is None:
-            maps = _explain(explain, model, images, targets_t, chunk)
+            maps = _maps_of(explainer, model, images, targets_t, chunk)
     original = check_maps(images, maps).detach()
     compare = spearman_correlation if similarity == "spearman" else map_ssim
     if abs:
@@ -134,7 +134,7 @@ def model_randomisation(
     columns, names = [], []
     for name, randomised in cascading_randomisation(model, seed):
         randomised.eval()
-        changed = _explain(explain, randomised, images, targets_t, chunk)
+        changed = _maps_of(explainer, randomised, images, targets_t, chunk)
         changed = check_maps(images, changed, "maps of the randomised model")
         columns.append(compare(original, changed.abs() if abs else changed))
         names.append(name)

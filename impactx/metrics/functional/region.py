@@ -8,15 +8,20 @@ import torch
 from torch import nn
 
 from impactx.metrics.functional.perturbation import (
-    Replacement,
+    Perturbation,
+    PerturbationLike,
+    as_perturbation,
     perturbation_curve,
     ranks_from_scores,
     region_rank_map,
     region_sums,
 )
-from impactx.metrics.functional.validation import check_curve_inputs, check_patch_size, check_positive_int
+from impactx.metrics.functional.validation import check_curve_inputs, check_int, check_patch_size
 
 Order = Literal["morf", "lerf"]
+
+# Uniform noise in each image's own range, as IMPACTX (after Samek et al., 2016).
+DEFAULT_PERTURBATION = Perturbation("uniform")
 
 
 def region_perturbation_curve(
@@ -27,11 +32,7 @@ def region_perturbation_curve(
     order: Order = "morf",
     patch_size: int = 8,
     n_steps: int | None = None,
-    replacement: Replacement = "uniform",
-    value: float | torch.Tensor = 0.0,
-    noise_range: tuple[float, float] | None = None,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
+    perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
 ) -> torch.Tensor:
@@ -39,8 +40,9 @@ def region_perturbation_curve(
 
     The image is tiled into non-overlapping ``patch_size`` squares; each region's relevance is the map
     summed over the region (and channels). ``x_k`` is ``x`` with the ``k`` most relevant regions
-    (``order="morf"``) or least relevant ones (``"lerf"``) replaced (see :func:`replacement_values`:
-    ``"uniform"`` noise as in IMPACTX/Samek et al., a ``"constant"`` or a ``"blur"``). Perturbations
+    (``order="morf"``) or least relevant ones (``"lerf"``) replaced as ``perturbation`` says (a
+    :class:`~impactx.metrics.functional.perturbation.Perturbation`; default ``"uniform"`` noise as in
+    IMPACTX/Samek et al., or a ``"constant"`` or a ``"blur"``). Perturbations
     accumulate: ``x_k`` keeps the first ``k - 1`` replaced regions. Ties in relevance go to the region
     with the lower row-major index.
 
@@ -60,7 +62,7 @@ def region_perturbation_curve(
     n = (
         n_regions
         if n_steps is None
-        else check_positive_int("n_steps", n_steps, n_regions, "the number of regions")
+        else check_int("n_steps", n_steps, maximum=n_regions, what="the number of regions")
     )
 
     ranks = ranks_from_scores(region_sums(maps, p), descending=order == "morf")
@@ -68,7 +70,7 @@ def region_perturbation_curve(
     counts = torch.arange(n + 1, device=images.device).expand(images.shape[0], -1)
     return perturbation_curve(
         model, images, targets_t, rank_map, counts, True, output, chunk,
-        replacement, value, noise_range, blur_sigma, seed,
+        as_perturbation(perturbation, DEFAULT_PERTURBATION),
     )
 
 

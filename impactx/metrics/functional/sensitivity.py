@@ -7,16 +7,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from impactx.attribution.common import eval_mode, image_keys, keyed_uniform
+from impactx.core import eval_mode, image_keys, keyed_uniform
 from impactx.metrics.functional.validation import (
     check_batch,
     check_chunk,
+    check_int,
     check_maps,
-    check_positive_int,
     check_radius,
 )
 
-ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ExplainerFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _M32 = 0xFFFFFFFF
 _BALL_STREAM = 23
@@ -39,24 +39,24 @@ def uniform_ball_noise(images: torch.Tensor, radius: float, n_samples: int, seed
     """The noise :func:`max_sensitivity` adds: ``[n_samples, B, C, H, W]`` i.i.d. uniform in the L-inf ball
     of ``radius``. Sample ``j`` of an image depends only on (image, ``seed``, ``j``), not on the batch."""
     radius = check_radius("radius", radius)
-    n = check_positive_int("n_samples", n_samples)
+    n = check_int("n_samples", n_samples)
     b = images.shape[0]
     keys = image_keys(images, seed).repeat(n)
     sample = torch.arange(n, device=images.device).repeat_interleave(b)
     return _ball_noise(keys, sample, images.shape[1:], radius, images.dtype).view(n, *images.shape)
 
 
-def _explain(explain: ExplainFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None):
+def _maps_of(explainer: ExplainerFn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int | None):
     n = x.shape[0]
     step = n if not chunk else chunk
-    return torch.cat([explain(model, x[s : s + step], y[s : s + step]).detach() for s in range(0, n, step)])
+    return torch.cat([explainer(model, x[s : s + step], y[s : s + step]).detach() for s in range(0, n, step)])
 
 
 def max_sensitivity(
     model: nn.Module,
     images: torch.Tensor,
     targets: torch.Tensor | int,
-    explain: ExplainFn,
+    explainer: ExplainerFn,
     maps: torch.Tensor | None = None,
     radius: float = 0.2,
     n_samples: int = 20,
@@ -67,26 +67,26 @@ def max_sensitivity(
     """``SENS_max(x) = max_{j=1..n} ||phi(x + d_j) - phi(x)||_F / ||phi(x)||_F`` per image -> ``[B]``.
 
     ``d_j`` are Monte-Carlo draws, uniform in the L-inf ball of ``radius`` (:func:`uniform_ball_noise`),
-    and ``phi = explain(model, x, y)``; the denominator is Quantus' normalisation (``normalise=False``
+    and ``phi = explainer(model, x, y)``; the denominator is Quantus' normalisation (``normalise=False``
     gives Yeh et al.'s plain ``max ||phi(x + d) - phi(x)||``). All ``n_samples * B`` noisy images are
     explained in chunks of ``internal_batch_size``. Lower is better.
 
     Args:
-        explain: ``explain(model, x [N,C,H,W], y [N]) -> maps [N, ...]``, e.g. a registered Explainer.
-        maps: ``phi(x)`` if already computed (otherwise ``explain`` computes it).
+        explainer: ``explainer(model, x [N,C,H,W], y [N]) -> maps [N, ...]``, e.g. a registered Explainer.
+        maps: ``phi(x)`` if already computed (otherwise ``explainer`` computes it).
     """
-    if not callable(explain):
+    if not callable(explainer):
         raise TypeError(
-            f"explain must be a callable explain(model, x, y) -> map, got {type(explain).__name__}"
+            f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
         )
     targets_t = check_batch(model, images, targets)
     radius = check_radius("radius", radius)
-    n = check_positive_int("n_samples", n_samples)
+    n = check_int("n_samples", n_samples)
     chunk = check_chunk(internal_batch_size)
     b = images.shape[0]
     with eval_mode(model):
         if maps is None:
-            maps = _explain(explain, model, images, targets_t, chunk)
+            maps = _maps_of(explainer, model, images, targets_t, chunk)
         maps = check_maps(images, maps).detach()
         base = maps.reshape(b, -1)
         keys = image_keys(images, seed)
@@ -97,10 +97,10 @@ def max_sensitivity(
             q = torch.arange(start, min(total, start + step), device=images.device)
             img, sample = q % b, q // b
             x = images[img] + _ball_noise(keys[img], sample, images.shape[1:], radius, images.dtype)
-            perturbed = explain(model, x, targets_t[img]).detach().reshape(len(q), -1)
+            perturbed = explainer(model, x, targets_t[img]).detach().reshape(len(q), -1)
             if perturbed.shape[1] != base.shape[1]:
                 raise RuntimeError(
-                    f"explain returned {perturbed.shape[1]} values per image on noisy inputs but "
+                    f"explainer returned {perturbed.shape[1]} values per image on noisy inputs but "
                     f"{base.shape[1]} for the maps; it must return the same map shape"
                 )
             diffs.append((perturbed - base[img]).norm(dim=1))

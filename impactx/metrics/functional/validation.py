@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from impactx.attribution.common import check_inputs, check_output
+from impactx.core import check_inputs, check_int, check_output
 
 
 def check_batch(
@@ -73,24 +73,15 @@ def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (masks != 0).reshape(b, -1).to(maps.device)
 
 
-def check_positive_int(name: str, value: object, maximum: int | None = None, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name}={value} exceeds {what} ({maximum})")
-    return value
-
-
 def check_chunk(internal_batch_size: int | None) -> int | None:
     if internal_batch_size is None:
         return None
-    return check_positive_int("internal_batch_size", internal_batch_size)
+    return check_int("internal_batch_size", internal_batch_size)
 
 
 def check_patch_size(patch_size: object, height: int, width: int) -> int:
     """A square patch side that tiles ``height x width`` exactly (regions never overlap or spill over)."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    check_int("patch_size", patch_size)
     if patch_size > min(height, width):
         raise ValueError(f"patch_size={patch_size} is larger than the image ({height}x{width})")
     if height % patch_size or width % patch_size:

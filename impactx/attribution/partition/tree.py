@@ -221,7 +221,7 @@ def coalition_masks(tree: ImageTree, nodes: torch.Tensor, words: torch.Tensor) -
 
     Feature ``(c, h, w)`` is on iff bit ``d`` of ``words[i]`` is set, where ``d`` is the depth of its
     lowest common ancestor with ``nodes[i]`` (``tree.inf_depth`` for the node's own features). Used by
-    tests and as the readable reference of the fast mask path in :mod:`impactx.attribution.partition`.
+    tests and as the readable reference of the fast mask path in :mod:`impactx.attribution.partition.owen`.
     """
     d = torch.minimum(
         torch.minimum(tree.div_c[nodes][:, :, None, None], tree.div_h[nodes][:, None, :, None]),

@@ -1,10 +1,10 @@
 """``partition``: shap's Partition (Owen value) explanation, computed batched on the inputs' device.
 
 It reproduces ``shap.explainers.PartitionExplainer.owen`` with an ``Image("blur(kx,ky)")`` masker
-(see :mod:`impactx.attribution.shap_partition`, the reference it is tested against):
+(see :mod:`impactx.attribution.partition.shap_reference`, the reference it is tested against):
 
-- the same hierarchy (:mod:`impactx.attribution.partition_tree`), the same blur
-  (:mod:`impactx.attribution.partition_blur`), the same explained score, the same budget: two evaluations
+- the same hierarchy (:mod:`impactx.attribution.partition.tree`), the same blur
+  (:mod:`impactx.attribution.partition.blur`), the same explained score, the same budget: two evaluations
   for the image and its blurred copy, then ``max_evals - 2`` for the expansions;
 - the same spending order. shap keeps a priority queue of *entries* ``(node, coalition m00, f00, f11,
   weight)``; ``f00``/``f11`` are the scores with the node's features hidden/shown on top of ``m00`` and
@@ -23,7 +23,7 @@ a handful of gathers, one model call over all the round's masked images (chunked
 an int64 bit set over depths: bit ``d`` says whether the sibling of the node's depth-``d+1`` ancestor
 is shown. A masked image is then ``torch.where(mask, x, blurred)`` with the mask read off the tree's
 per-node divergence tables (rows x columns; channels only at one pixel), see
-:func:`impactx.attribution.partition_masking.masked_images`.
+:func:`impactx.attribution.partition.masking.masked_images`.
 Host-device syncs: none per round while the number of queued internal entries provably exceeds the
 round's pops (a bound kept on the host and refreshed by an occasional ``min``); otherwise (tiny trees)
 each round syncs once and evaluates only the entries that exist.
@@ -42,19 +42,19 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output, check_internal_batch_size
-from impactx.attribution.partition_blur import box_blur, resolve_blur_kernel
-from impactx.attribution.partition_common import (
+from impactx.attribution.partition.blur import box_blur, resolve_blur_kernel
+from impactx.attribution.partition.masking import MaskedScorer
+from impactx.attribution.partition.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_EVALS,
     OwenOptionsMixin,
     OwenResult,
     check_partition_options,
 )
-from impactx.attribution.partition_masking import MaskedScorer
-from impactx.attribution.partition_queue import OwenQueue, expand_entries, spread_to_features
-from impactx.attribution.partition_tree import ImageTree, image_tree
+from impactx.attribution.partition.queue import OwenQueue, expand_entries, spread_to_features
+from impactx.attribution.partition.tree import ImageTree, image_tree
 from impactx.attribution.registry import register
+from impactx.core import Output, check_internal_batch_size
 
 # Masked images per model call when not given: small CPU batches stay in cache (LeNet-5 runs ~1.6x faster
 # at 256 than at 2048 rows on a CPU core); accelerators want large ones.
@@ -280,7 +280,9 @@ class Partition(OwenOptionsMixin, Explainer):
         """Model evaluations each image costs (exact for images whose tree outlasts the budget)."""
         return expansion_evals(self.max_evals)
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
         return partition_owen(
             model, inputs, target, internal_batch_size=self.internal_batch_size, **self._owen_options()
         ).attributions

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from impactx.attribution.common import Output, target_scores
-from impactx.attribution.partition_tree import ImageTree
+from impactx.attribution.partition.tree import ImageTree
+from impactx.core import Output, target_scores
 
 
 def masked_images(

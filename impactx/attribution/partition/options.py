@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from impactx.attribution.common import check_output
-from impactx.attribution.partition_blur import resolve_blur_kernel
+from impactx.attribution.partition.blur import resolve_blur_kernel
+from impactx.core import check_output
 
 DEFAULT_MAX_EVALS = 2000  # what IMPACTX used (Sec. 4.2 of the paper)
 # shap's PartitionExplainer with batch_size="auto" and an Image masker uses 10 masks per model call.

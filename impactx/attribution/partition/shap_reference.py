@@ -1,7 +1,7 @@
 """``shap_partition``: shap's own ``PartitionExplainer`` with a blurring ``Image`` masker (the reference).
 
 This is the attribution generator R of IMPACTX (Partition SHAP, 2000 evaluations; Sec. 4.2 of the
-paper) run through the installed shap library, one image at a time. :mod:`impactx.attribution.partition`
+paper) run through the installed shap library, one image at a time. :mod:`impactx.attribution.partition.owen`
 computes the same Owen values batched on the device and is tested against this module.
 
 Conventions (shared with ``partition``):
@@ -10,7 +10,7 @@ Conventions (shared with ``partition``):
   class probabilities; ``"logit"`` and ``"log_prob"`` are available;
 - the masker blurs the tensors the model sees (the normalised inputs), with ``blur_kernel = (kh, kw)``,
   by default ``round(8 * H / 32) x round(8 * W / 32)`` (shap's ``blur(8,8)`` at 32x32); see
-  :mod:`impactx.attribution.partition_blur`;
+  :mod:`impactx.attribution.partition.blur`;
 - ``batch_size`` is shap's: the masks evaluated per expansion round. It is part of the algorithm, not only
   a speed knob: shap pops ``ceil(batch_size / 2)`` nodes from its priority queue before it evaluates
   them and pushes their children, so it changes which nodes get expanded. Give both explainers the
@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.common import Output, target_scores
-from impactx.attribution.partition_blur import resolve_blur_kernel
-from impactx.attribution.partition_common import (
+from impactx.attribution.partition.blur import resolve_blur_kernel
+from impactx.attribution.partition.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_EVALS,
     OwenOptionsMixin,
@@ -39,6 +38,7 @@ from impactx.attribution.partition_common import (
     check_partition_options,
 )
 from impactx.attribution.registry import register
+from impactx.core import Output, target_scores
 
 
 @contextlib.contextmanager
@@ -86,8 +86,10 @@ def shap_owen(
                 batch_hwc: np.ndarray, label: torch.Tensor = label, count: list[int] = count
             ) -> np.ndarray:
                 count[0] += len(batch_hwc)
+                # shap hands HWC arrays; the permuted view is channels-last in memory, which a model that
+                # flattens with .view() cannot take, so the model gets a contiguous NCHW copy.
                 x = torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2)
-                x = x.to(device=inputs.device, dtype=inputs.dtype)
+                x = x.to(device=inputs.device, dtype=inputs.dtype, memory_format=torch.contiguous_format)
                 return target_scores(model(x), label.expand(len(x)), output).cpu().double().numpy()
 
             # a fresh masker per image: shap caches the blurred image under id(x), which Python may reuse
@@ -141,5 +143,7 @@ class ShapPartition(OwenOptionsMixin, Explainer):
         self._init_owen_options(max_evals, blur_kernel, output, batch_size)
         self.seed = seed
 
-    def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
         return shap_owen(model, inputs, target, seed=self.seed, **self._owen_options()).attributions

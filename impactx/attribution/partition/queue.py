@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from impactx.attribution.partition_tree import ImageTree
+from impactx.attribution.partition.tree import ImageTree
 
 
 class OwenQueue:

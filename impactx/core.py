@@ -1,16 +1,36 @@
-"""Helpers every explainer shares: input checks, model-state guard, target scores and their gradients."""
+"""What attribution and metrics share: argument checks, the eval-mode guard, target scores and their
+gradients, and batch-invariant keyed randomness.
+
+Both ``impactx.attribution`` and ``impactx.metrics`` import this module; it imports neither, so
+``import impactx.metrics`` loads no attribution method.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Output = Literal["logit", "prob", "log_prob"]
 OUTPUTS: tuple[str, ...] = ("logit", "prob", "log_prob")
+
+
+def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None, what: str = "") -> int:
+    """``value`` as an int if it is an integer (not a bool) in ``[minimum, maximum]``, else a ``ValueError``
+    naming ``name``, the value and the range (``what`` names the upper bound's meaning)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        expected = "a positive int" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} exceeds {what or 'the maximum'} ({maximum})")
+    return int(value)
 
 
 def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: int | None = None) -> torch.Tensor:
@@ -49,10 +69,11 @@ def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: 
     return target_t
 
 
-def check_internal_batch_size(value: int | None) -> None:
+def check_internal_batch_size(value: int | None) -> int | None:
     """``internal_batch_size`` (points per forward/backward pass) must be ``None`` or a positive int."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
         raise ValueError(f"internal_batch_size must be None or a positive int, got {value!r}")
+    return None if value is None else int(value)
 
 
 def check_output(output: str) -> None:
@@ -168,3 +189,52 @@ def keyed_uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
     h = _mix32((keys.view(-1, 1) ^ _mix32((counter * 0x27D4EB2F + stream * 0x165667B1 + 1) & _M32)) & _M32)
     h = _mix32((h + 0x9E3779B9) & _M32)
     return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+def gaussian_blur(
+    images: torch.Tensor, sigma: float, padding: Literal["replicate", "reflect"] = "replicate"
+) -> torch.Tensor:
+    """Separable Gaussian blur of ``images [B,C,H,W]``, each channel on its own, same shape.
+
+    The kernel has radius ``ceil(3 sigma)`` (weights normalised to one). ``padding="replicate"`` repeats the
+    edge pixels (``scipy.ndimage.gaussian_filter(mode="nearest", truncate=3)``); ``"reflect"`` mirrors
+    without repeating the edge (torchvision's ``gaussian_blur``), with the radius cut to ``side - 1`` where
+    the image is smaller than the kernel (it is nearly flat there anyway).
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"blur sigma must be a finite number > 0, got {sigma!r}")
+    if padding not in ("replicate", "reflect"):
+        raise ValueError(f"padding must be 'replicate' or 'reflect', got {padding!r}")
+    batch, channels, height, width = images.shape
+    radius = math.ceil(3 * sigma)
+    if padding == "reflect":
+        radius = min(radius, height - 1, width - 1)
+        if radius <= 0:
+            return images.clone()
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = F.pad(images.reshape(batch * channels, 1, height, width), (radius,) * 4, mode=padding)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1)).view(batch, channels, height, width)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A sha256 hex digest of ``module.state_dict()`` (parameter and buffer names, dtypes, shapes, values).
+
+    Equal on every DDP rank for the same weights, and on CPU and GPU; any change of a value changes it.
+    """
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        value = value.detach()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def state_versions(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(id, version counter)`` of every parameter and buffer: a cheap test that no weight was written to
+    (optimiser steps, ``load_state_dict`` and BatchNorm updates all bump the counters) since it was taken."""
+    return tuple((id(t), t._version) for t in (*module.parameters(), *module.buffers()))
