@@ -3,30 +3,199 @@
     python train.py                                   # the default experiment: fit, then test (configs/default.yaml)
     python train.py fit --config configs/cifar10_lenet5.yaml
     python train.py test --config configs/default.yaml --ckpt_path logs/.../best.ckpt
+    python train.py fit --config configs/default.yaml --print_config   # the resolved config
     python train.py --help
 
 A LightningCLI: every constructor argument of the model, the data module, the trainer and its callbacks
-is a config key; a wrong key or value stops with the CLI's own error message before anything runs.
+is a config key. ``configs/base.yaml`` (trainer, loggers, checkpointing) is loaded first, as the default
+config of every subcommand, so an experiment file holds only what differs from it.
+
+Mistakes in the command line or its files stop before anything runs, with one message on stderr and no
+traceback: a wrong key or value (the parser's message) or a value a constructor rejects (e.g. an unknown
+backbone) exit with status 2; missing files (data set, pretrained weights, checkpoint) exit with status 1.
+A run that fails before its first step leaves no log or W&B run folder behind. Any other exception is a
+bug and shows its traceback. ``IMPACTX_DEBUG=1`` (or jsonargparse's ``JSONARGPARSE_DEBUG=1``) shows the
+full traceback for the user errors too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from impactx.data import ImageDataModule
+from impactx.data import DatasetNotFoundError, ImageDataModule
+from impactx.models import PretrainedWeightsError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+BASE_CONFIG = CONFIGS / "base.yaml"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DEBUG_VARIABLES = ("IMPACTX_DEBUG", "JSONARGPARSE_DEBUG")
 
 
+# ------------------------------------------------------------------------------------ user errors
+class CheckpointNotFoundError(FileNotFoundError):
+    """``--ckpt_path`` names a local file that does not exist."""
+
+
+class CommandLineError(Exception):
+    """A user's mistake, reported by ``main`` as its message alone with exit ``status`` (no traceback)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: Files the command line points at are missing or unusable: exit status 1.
+MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError)
+#: What a constructor raises when it rejects a config value: exit status 2.
+REJECTED_VALUE_ERRORS = (ValueError, TypeError, MisconfigurationException)
+
+
+def debug_requested() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in DEBUG_VARIABLES)
+
+
+def _raised_by_jsonargparse(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}jsonargparse{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def constructor_error(error: BaseException) -> BaseException:
+    """The exception a constructor raised, under the ones jsonargparse wraps it in during instantiation."""
+    while _raised_by_jsonargparse(error) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+_PARSER_NOISE = re.compile(
+    r"^\s*(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:"
+    r"|- Expected a <class 'NoneType'>|Given value type: .*)$"
+)
+
+
+def short_parser_message(message: str) -> str:
+    """jsonargparse's message without the lines that list every type of a union it tried."""
+    return "\n".join(line for line in message.splitlines() if not _PARSER_NOISE.match(line))
+
+
+def user_error(error: BaseException) -> tuple[int, str] | None:
+    """``(exit status, message)`` when ``error`` is a user's mistake, ``None`` when it is a bug."""
+    if isinstance(error, ArgumentError):
+        return 2, short_parser_message(str(error))
+    if isinstance(error, CommandLineError):
+        return error.status, str(error)
+    if isinstance(error, MISSING_FILE_ERRORS):
+        return 1, str(error)
+    return None
+
+
+# ----------------------------------------------------------------------------- early-failure cleanup
+class _FirstStep(Callback):
+    """Notes whether the run has started a step (training, validation, test or predict batch)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def on_train_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self.started = True
+
+    def on_validation_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self.started = self.started or not trainer.sanity_checking
+
+    def on_test_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self.started = True
+
+    def on_predict_batch_start(self, trainer: Trainer, *args: Any) -> None:
+        self.started = True
+
+
+class RunFolders:
+    """The log folders a run may create under its roots (``default_root_dir``, each logger's ``save_dir``).
+
+    Made before anything is instantiated, it remembers which folders (two levels under each root, e.g.
+    ``logs/<name>/version_N`` and ``logs/wandb/<run>``) and W&B ``latest`` links already exist, so
+    :meth:`remove_new` deletes only what this run created.
+    """
+
+    def __init__(self, roots: list[str]) -> None:
+        self.roots = [Path(r).absolute() for r in dict.fromkeys(roots)]
+        self.existing: set[Path] = set()
+        self.links: dict[Path, str] = {}
+        for root in self.roots:
+            self.existing.update(p for p in [root, *root.parents] if p.exists())
+            self.existing.update([*root.glob("*"), *root.glob("*/*")])
+            for link in (root / "wandb").glob("*"):
+                if link.is_symlink():
+                    self.links[link] = os.readlink(link)
+
+    def remove_new(self, trainer: Trainer | None) -> None:
+        """Delete the run folders of ``trainer``'s loggers that are new, then new folders left empty."""
+        removed: list[Path] = []
+        for logger in trainer.loggers if trainer is not None and trainer.is_global_zero else []:
+            if getattr(logger, "_experiment", None) is None:
+                continue  # no experiment, nothing written
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                folder = Path(run.dir).absolute().parent  # <save_dir>/wandb/offline-run-<time>-<id>
+                run.finish(exit_code=1)
+            else:
+                folder = Path(logger.log_dir).absolute()  # CSV / TensorBoard: <save_dir>/<name>/version_N
+            if folder not in self.existing and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        self._restore_links(removed)
+        for folder in [*removed, *self.roots]:
+            for candidate in [folder, *folder.parents]:
+                if not candidate.exists():
+                    continue
+                if candidate in self.existing or not candidate.is_dir() or any(candidate.iterdir()):
+                    break
+                candidate.rmdir()
+
+    def _restore_links(self, removed: list[Path]) -> None:
+        """W&B points ``latest-run``, ``debug.log`` ... at the newest run: point them back or drop them."""
+        for root in self.roots:
+            for link in (root / "wandb").glob("*"):
+                if not link.is_symlink():
+                    continue
+                target = Path(os.path.join(link.parent, os.readlink(link))).absolute()
+                if any(target == r or r in target.parents for r in removed):
+                    link.unlink()
+                    if link in self.links:
+                        link.symlink_to(self.links[link])
+
+
+# ---------------------------------------------------------------------------------------- the CLI
 class ImpactxCLI(LightningCLI):
-    """LightningCLI whose model is told the data's classes, channels and image size."""
+    """LightningCLI whose model is told the data's classes, channels and image size.
+
+    It reports constructor errors as :class:`CommandLineError`, checks that the data and the checkpoint
+    of a subcommand exist before it builds the trainer (so before any log folder or W&B run exists), and
+    removes the folders of a run that fails before its first step. ``check_stage`` names the stage to
+    check when there is no subcommand (``run=False``); ``None`` checks nothing then.
+    """
+
+    def __init__(self, *args: Any, check_stage: str | None = None, **kwargs: Any) -> None:
+        self.check_stage = check_stage
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -38,29 +207,103 @@ class ImpactxCLI(LightningCLI):
         configured = [*(config.get("callbacks") or []), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        self.first_step = _FirstStep()
+        return super()._instantiate_trainer(config, [*callbacks, self.first_step])
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        stage = self.subcommand or self.check_stage
+        if stage is not None:
+            self.check_inputs(stage)
+        return super().instantiate_trainer(**kwargs)
+
+    def instantiate_classes(self) -> None:
+        self.run_folders = RunFolders(self._log_roots())
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            self.run_folders.remove_new(None)  # e.g. the W&B logger makes its save_dir when constructed
+            cause = constructor_error(error)
+            if isinstance(cause, MISSING_FILE_ERRORS):
+                raise CommandLineError(str(cause), status=1) from error
+            if isinstance(cause, REJECTED_VALUE_ERRORS):
+                raise CommandLineError(str(cause), status=2) from error
+            raise
+
+    def _log_roots(self) -> list[str]:
+        trainer = self._get(self.config, "trainer") or {}
+        roots = [trainer.get("default_root_dir") or os.getcwd()]
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and init_args.get("save_dir"):
+                roots.append(str(init_args.get("save_dir")))
+        return roots
+
+    def check_inputs(self, stage: str) -> None:
+        """Fail before the trainer starts when the data of ``stage`` or the checkpoint file is missing."""
+        if isinstance(self.datamodule, ImageDataModule) and not self.datamodule.download:
+            self.datamodule.check_data(stage)  # with download, prepare_data runs first, before any log folder
+        ckpt_path = self._get(self.config, "ckpt_path")
+        special = ckpt_path in ("best", "last", "hpc") or str(ckpt_path).startswith("registry")
+        if ckpt_path and not special and "://" not in str(ckpt_path) and not Path(ckpt_path).is_file():
+            raise CheckpointNotFoundError(f"ckpt_path '{os.path.abspath(ckpt_path)}' is not a file")
+
+    @contextlib.contextmanager
+    def removing_folders_if_failed_early(self) -> Iterator[None]:
+        """Delete the log folders this run created if the body fails before the run's first step."""
+        try:
+            yield
+        except BaseException:
+            if not self.first_step.started:
+                self.run_folders.remove_new(self.trainer)
+            raise
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with self.removing_folders_if_failed_early():
+            super()._run_subcommand(subcommand)
 
 
-def make_cli(args: list[str] | None = None, run: bool = True) -> ImpactxCLI:
+def make_cli(
+    args: list[str] | None = None,
+    run: bool = True,
+    default_configs: tuple[Path, ...] = (BASE_CONFIG,),
+    check_stage: str | None = None,
+) -> ImpactxCLI:
+    """The CLI over ``args`` (``None``: the command line); ``default_configs`` load before any ``--config``.
+
+    With ``run=False`` nothing runs and, unless ``check_stage`` names a stage, no data are read.
+    """
+    parser_kwargs: dict[str, Any] = {
+        "default_config_files": [glob.escape(str(p)) for p in default_configs],
+        "exit_on_error": False,  # main() prints the parser's message without the usage screen
+    }
+    if run:
+        parser_kwargs = {"exit_on_error": False, **{sub: dict(parser_kwargs) for sub in SUBCOMMANDS}}
     return ImpactxCLI(
         model_class=None,
         datamodule_class=ImageDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
         args=args,
         run=run,
+        check_stage=check_stage,
     )
 
 
-def run_default(extra_args: list[str]) -> dict[str, object]:
-    """Fit the default experiment, test the best checkpoint, print and return a short summary."""
+def run_default(extra_args: list[str] | None = None) -> dict[str, object]:
+    """Fit the default experiment, test the best checkpoint, print and return a short summary.
+
+    ``extra_args`` (``None``: the command line) go on top of base.yaml and default.yaml.
+    """
     start = time.perf_counter()
-    cli = make_cli(["--config", str(DEFAULT_CONFIG), *extra_args], run=False)
+    cli = make_cli(extra_args, run=False, default_configs=(BASE_CONFIG, DEFAULT_CONFIG), check_stage="fit")
     trainer = cli.trainer
-    trainer.fit(cli.model, datamodule=cli.datamodule)
-    checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)
+    with cli.removing_folders_if_failed_early():
+        trainer.fit(cli.model, datamodule=cli.datamodule)
+        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)
     summary = {
         "test_acc": float(results[0]["test/acc"]) if results else float("nan"),
         "checkpoint": checkpoint,
@@ -76,12 +319,23 @@ def run_default(extra_args: list[str]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    subcommands = {"fit", "validate", "test", "predict"}
-    if not any(a in subcommands for a in argv) and not any(a in ("-h", "--help", "--print_config") for a in argv):
-        run_default(argv)
-    else:
-        make_cli(argv)
+    """Run ``argv`` (``None``: the command line); a user's mistake exits with its message, not a traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    subcommand = next((a for a in args if a in SUBCOMMANDS), None)
+    try:
+        if subcommand is None and not any(a in ("-h", "--help", "--print_config") for a in args):
+            run_default(argv)
+        else:
+            make_cli(argv)
+    except Exception as error:
+        report = user_error(error)
+        if report is None or debug_requested():
+            raise
+        status, message = report
+        command = f"python train.py {subcommand} --help" if subcommand else "python train.py --help"
+        hint = f"{command} lists every key; " if isinstance(error, ArgumentError) else ""
+        sys.stderr.write(f"error: {message}\n({hint}IMPACTX_DEBUG=1 shows the full traceback)\n")
+        raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +13,26 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+BASE = ROOT / "configs" / "base.yaml"
+# base.yaml holds no model or data: it lies under every experiment
+EXPERIMENTS = [p for p in CONFIGS if p != BASE]
 
 spec = importlib.util.spec_from_file_location("impactx_train_script", ROOT / "train.py")
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)
 
 
+@pytest.fixture(autouse=True)
+def _plain_command_line(monkeypatch) -> None:
+    """In-process CLIs get their args from the test, not from pytest's own command line."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
 def test_configs_folder_is_not_empty() -> None:
-    assert any(p.name == "default.yaml" for p in CONFIGS)
+    assert any(p.name == "default.yaml" for p in EXPERIMENTS) and BASE in CONFIGS
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
 def test_every_config_parses_and_instantiates(config: Path, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     # Pretrained weights cannot be fetched here: instantiate the same architecture without them.
@@ -36,6 +46,43 @@ def test_every_config_parses_and_instantiates(config: Path, tmp_path, monkeypatc
     model.eval()
     assert model(x).shape == (2, data.num_classes)
     assert cli.trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_builds_on_the_base_config(config: Path, tmp_path, monkeypatch) -> None:
+    """One --config: base.yaml's loggers and checkpointing under the experiment's own log folder name."""
+    monkeypatch.chdir(tmp_path)
+    overrides = ["--model.init_args.pretrained=false"] if "pretrained: true" in config.read_text() else []
+    resolved = train.make_cli(["--config", str(config), *overrides], run=False).config
+    assert resolved.seed_everything == 0
+    trainer = resolved.trainer
+    assert [lg.class_path for lg in trainer.logger] == [
+        "lightning.pytorch.loggers.CSVLogger",
+        "impactx.loggers.WandbLogger",
+    ]
+    for logger in trainer.logger:  # merged item by item onto base.yaml's: its save_dir, the experiment's name
+        assert logger.init_args.save_dir == "logs" and logger.init_args.name == config.stem
+    checkpoint = trainer.callbacks[0]
+    assert checkpoint.class_path == "lightning.pytorch.callbacks.ModelCheckpoint"
+    assert (checkpoint.init_args.monitor, checkpoint.init_args.mode, checkpoint.init_args.save_last) == (
+        "val/acc",
+        "max",
+        True,
+    )
+    assert trainer.default_root_dir == "logs" and trainer.accelerator == "auto"
+
+
+def test_base_config_given_twice_changes_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = ROOT / "configs" / "cifar10_lenet5.yaml"
+    implicit = train.make_cli(["--config", str(config)], run=False).config
+    explicit = train.make_cli(["--config", str(BASE), "--config", str(config)], run=False).config
+    implicit.pop("config"), explicit.pop("config")
+    assert implicit == explicit
+    assert [c.class_path.rsplit(".", 1)[-1] for c in implicit.trainer.callbacks] == [
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+    ]
 
 
 def test_default_experiment_end_to_end(tmp_path, monkeypatch, capsys) -> None:
@@ -53,23 +100,109 @@ def test_default_experiment_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     assert restored.hparams.backbone == "lenet5" and restored.hparams.num_classes == 10
 
 
-def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env},
     )
 
 
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+DEFAULT_FIT = ["fit", "--config", str(ROOT / "configs/default.yaml")]
+SHORT_RUN = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def _assert_one_message(
+    result: subprocess.CompletedProcess, status: int, *expected: str, max_lines: int = 8
+) -> None:
+    """The run ended with impactx's (or the parser's) message: a few lines, no traceback, the exit status."""
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= max_lines, result.stderr
+    assert lines[-1] == "(IMPACTX_DEBUG=1 shows the full traceback)" or "--help lists every key" in lines[-1]
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
 def test_wrong_config_key_gets_the_cli_error(tmp_path) -> None:
-    result = _run_cli(["fit", "--config", str(ROOT / "configs/default.yaml"), "--model.init_args.not_a_key=1"], tmp_path)
-    assert result.returncode != 0
-    assert "not_a_key" in result.stderr
-    assert "Traceback" not in result.stderr
+    result = _run_cli([*DEFAULT_FIT, "--model.init_args.not_a_key=1"], tmp_path)
+    _assert_one_message(result, 2, "not_a_key")
+    assert _tree(tmp_path) == set()
 
 
 def test_wrong_config_value_gets_the_cli_error(tmp_path) -> None:
-    result = _run_cli(["fit", "--config", str(ROOT / "configs/default.yaml"), "--trainer.max_epochs=many"], tmp_path)
+    result = _run_cli([*DEFAULT_FIT, "--trainer.max_epochs=many"], tmp_path)
+    _assert_one_message(result, 2, "trainer.max_epochs", "many", "python train.py fit --help")
+    assert "usage:" not in result.stderr
+    assert _tree(tmp_path) == set()
+
+
+def test_unknown_backbone_prints_impactx_message_only(tmp_path) -> None:
+    result = _run_cli([*DEFAULT_FIT, "--model.init_args.backbone", "nosuchnet"], tmp_path)
+    _assert_one_message(result, 2, "error: unknown backbone 'nosuchnet': expected 'lenet5'")
+    assert "Union subtypes" not in result.stderr and "Given value" not in result.stderr
+    assert _tree(tmp_path) == set()  # no logs/, no logs/wandb
+
+
+def test_value_rejected_by_the_data_module_leaves_no_folder(tmp_path) -> None:
+    result = _run_cli([*DEFAULT_FIT, "--data.init_args.predict_split", "trian"], tmp_path)
+    _assert_one_message(result, 2, "predict_split must be one of 'train', 'val', 'test', got 'trian'")
+    assert _tree(tmp_path) == set()
+
+
+def test_missing_cifar10_folder_prints_impactx_message_only(tmp_path) -> None:
+    nowhere = tmp_path / "nowhere"
+    config = str(ROOT / "configs/cifar10_lenet5.yaml")
+    result = _run_cli(["fit", "--config", config, "--data.init_args.data_dir", str(nowhere)], tmp_path)
+    _assert_one_message(result, 1, f"error: CIFAR-10 data set not found in data_dir='{nowhere}'", "To fix:")
+    assert _tree(tmp_path) == set()  # no logs/cifar10_lenet5/version_0, no logs/wandb/offline-run-*
+
+
+def test_missing_checkpoint_file_prints_one_message(tmp_path) -> None:
+    config = str(ROOT / "configs/default.yaml")
+    result = _run_cli(["test", "--config", config, "--ckpt_path", "nosuch.ckpt"], tmp_path)
+    _assert_one_message(result, 1, f"ckpt_path '{tmp_path / 'nosuch.ckpt'}' is not a file")
+    assert _tree(tmp_path) == set()
+
+
+def test_debug_switch_shows_the_traceback(tmp_path) -> None:
+    result = _run_cli([*DEFAULT_FIT, "--model.init_args.backbone", "nosuchnet"], tmp_path, IMPACTX_DEBUG="1")
     assert result.returncode != 0
-    assert "max_epochs" in result.stderr and "Traceback" not in result.stderr
+    assert "Traceback" in result.stderr and "unknown backbone 'nosuchnet'" in result.stderr
+
+
+def test_plain_fit_and_a_run_failing_before_its_first_step(tmp_path) -> None:
+    """A plain run warns nothing about args; a later run that fails before its first step (here on a
+    checkpoint without Lightning's keys, read after the loggers made their folders) removes its own folders
+    and nothing else."""
+    result = _run_cli([*DEFAULT_FIT, *SHORT_RUN], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "args parameter" not in result.stderr and "sys.argv" not in result.stderr
+    assert (tmp_path / "logs/default/version_0/metrics.csv").is_file()
+    (wandb_run,) = (tmp_path / "logs/wandb").glob("offline-run-*")
+    before = _tree(tmp_path)
+
+    torch.save({"epoch": 0}, tmp_path / "empty.ckpt")
+    failed = _run_cli([*DEFAULT_FIT, *SHORT_RUN, "--ckpt_path", "empty.ckpt"], tmp_path)
+    assert failed.returncode != 0
+    assert "Traceback" in failed.stderr  # not a known user error: shown in full
+    assert _tree(tmp_path) - before == {"empty.ckpt"}  # no version_1, no second W&B run
+    assert _tree(tmp_path) >= before  # the earlier run is untouched, W&B's latest-run link points at it again
+    assert (tmp_path / "logs/wandb/latest-run").resolve() == wandb_run.resolve()
 
 
 def test_data_model_mismatch_is_a_clear_error(tmp_path, monkeypatch) -> None:

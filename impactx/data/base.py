@@ -9,7 +9,12 @@ three indexed splits, ``"train" | "val" | "test"``, whose items are ``(image, la
 - ``index``: position in the full underlying split (train and val share the train split's
   positions and never the same one; test has its own).
 
-Subclasses implement ``_load_split(split)`` (and, where they need them, ``_transform(train)`` and
+Any split can be read with or without the training augmentation: ``dataset(split, augment=None)``
+(``None``: the split's default, i.e. ``"train"`` augments iff the module's ``augment`` is on and
+``"val"``/``"test"`` never do). ``predict_dataloader`` serves ``predict_split`` (``"test"`` by default,
+``"train"`` for a map pass over the training items) in index order and never augments.
+
+Subclasses implement ``_load_split(split)`` (and, where they need them, ``_transform(augment)`` and
 ``prepare_data``) and set the class attributes ``name``, ``num_classes``, ``in_chans``,
 ``image_size``, ``mean``, ``std``, ``class_names``.
 """
@@ -25,9 +30,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from impactx.core import check_int
 from impactx.data.indexed import IndexedDataset
 
-__all__ = ["DatasetNotFoundError", "ImageDataModule", "SPLITS", "carve_validation"]
+__all__ = ["DatasetNotFoundError", "ImageDataModule", "SPLITS", "carve_validation", "check_split"]
 
 SPLITS = ("train", "val", "test")
 
@@ -37,11 +43,11 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 # ---------------------------------------------------------------------------------- validation
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int ``>= minimum``, else raise a ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def check_split(name: str, value: Any) -> str:
+    """Return ``value`` if it is one of :data:`SPLITS`, else raise a ``ValueError`` naming it."""
+    if not isinstance(value, str) or value not in SPLITS:
+        raise ValueError(f"{name} must be one of {', '.join(repr(s) for s in SPLITS)}, got {value!r}")
+    return value
 
 
 def check_fraction(name: str, value: Any, allow_zero: bool = True) -> float:
@@ -91,8 +97,11 @@ class ImageDataModule(LightningDataModule):
         num_workers: DataLoader worker processes (>= 0).
         val_fraction: fraction of the train split carved out as validation, in ``[0, 1)``.
         seed: seed of the validation carve (and of any other split the subclass draws).
-        augment: apply the data set's training augmentation to the ``"train"`` split.
+        augment: apply the data set's training augmentation to the ``"train"`` split (the default of
+            ``dataset("train")`` and of ``train_dataloader``).
         download: let ``prepare_data`` download missing files (needs internet).
+        predict_split: the split ``predict_dataloader`` serves, one of ``"train" | "val" | "test"``;
+            always without augmentation, in index order.
 
     Attributes (class attributes or properties, available before ``setup``):
         name, num_classes, in_chans, image_size (H = W), mean, std (per channel), class_names.
@@ -115,6 +124,7 @@ class ImageDataModule(LightningDataModule):
         seed: int = 0,
         augment: bool = False,
         download: bool = False,
+        predict_split: str = "test",
     ) -> None:
         super().__init__()
         self.data_dir = str(data_dir)
@@ -124,10 +134,11 @@ class ImageDataModule(LightningDataModule):
         self.seed = check_int("seed", seed, 0)
         self.augment = bool(augment)
         self.download = bool(download)
+        self.predict_split = check_split("predict_split", predict_split)
         self._save_init_hparams()
         self._full: dict[str, tuple[Dataset, np.ndarray]] = {}  # "train"/"test" -> (dataset, targets)
         self._carve: tuple[list[int], list[int]] | None = None
-        self._splits: dict[str, Dataset] = {}
+        self._splits: dict[tuple[str, bool], Dataset] = {}  # (split, augmented) -> indexed dataset
 
     def _save_init_hparams(self) -> None:
         """``save_hyperparameters()`` with exactly the arguments of the concrete class's ``__init__``.
@@ -147,24 +158,39 @@ class ImageDataModule(LightningDataModule):
         """Load the full ``"train"`` or ``"test"`` split: an ``(image, label)`` dataset and its labels ``[N]``."""
         raise NotImplementedError
 
-    def _transform(self, train: bool) -> Callable[[Any], torch.Tensor] | None:
-        """Image transform to a normalised ``[C,H,W]`` float32 tensor; ``train`` adds augmentation if ``augment``."""
+    def _transform(self, augment: bool) -> Callable[[Any], torch.Tensor] | None:
+        """Image transform to a normalised ``[C,H,W]`` float32 tensor, with the data set's training
+        augmentation when ``augment`` (whatever the module's ``augment`` option says)."""
         return None
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Download files if the subclass supports it (called on one process only)."""
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the splits a stage needs: fit -> train, val; validate -> val; test/predict -> test; None -> all."""
-        needed = {
+    def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
+        """The splits a Lightning stage reads: fit -> train, val; validate -> val; test -> test;
+        predict -> ``predict_split``; None (or another name) -> all of them."""
+        stages = {
             "fit": ("train", "val"),
             "validate": ("val",),
             "test": ("test",),
-            "predict": ("test",),
-        }.get(stage or "", SPLITS)
-        for split in needed:
-            self.dataset(split)
+            "predict": (self.predict_split,),
+        }
+        return stages.get(stage or "", SPLITS)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits a stage needs: the predict split unaugmented, the others as their default."""
+        for split in self._stage_splits(stage):
+            self.dataset(split, augment=False if stage == "predict" else None)
+
+    def check_data(self, stage: str | None = None) -> None:
+        """Read the full splits ``stage`` needs, raising :class:`DatasetNotFoundError` when files are missing.
+
+        Cheap and cached (``setup`` reuses what it loads); needs no Trainer, so ``train.py`` calls it before
+        the loggers create their run folders.
+        """
+        for split in self._stage_splits(stage):
+            self.full_split("train" if split in ("train", "val") else "test")
 
     def full_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         """The full ``"train"`` or ``"test"`` split (untransformed ``(image, label)`` items) and its labels."""
@@ -182,30 +208,32 @@ class ImageDataModule(LightningDataModule):
             self._carve = carve_validation(targets, self.val_fraction, self.seed)
         return self._carve
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: str, augment: bool | None = None) -> Dataset:
         """The indexed dataset of ``"train" | "val" | "test"``; items ``(image [C,H,W], label, index)``.
 
-        ``"train"`` carries the training augmentation when ``augment=True``; ``"val"``/``"test"`` never do.
+        ``augment``: apply the data set's training augmentation (``True``) or not (``False``); ``None``
+        is the split's default: ``"train"`` augments iff the module's ``augment`` is on, ``"val"`` and
+        ``"test"`` never do. Built once per ``(split, augment)`` and cached; every variant of a split
+        holds the same items in the same order, so only the augmentation differs.
         ``"train"``/``"val"`` are ``Subset``s of the indexed full train split, so ``index`` is the
         position in the full train split.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if split not in self._splits:
+        split = check_split("split", split)
+        augment = (split == "train" and self.augment) if augment is None else bool(augment)
+        key = (split, augment)
+        if key not in self._splits:
+            data, _ = self.full_split("train" if split in ("train", "val") else "test")
+            indexed = IndexedDataset(data, self._transform(augment=augment))
             if split == "test":
-                data, _ = self.full_split("test")
-                self._splits[split] = IndexedDataset(data, self._transform(train=False))
+                self._splits[key] = indexed
             else:
-                data, _ = self.full_split("train")
                 train_pos, val_pos = self.split_positions()
-                positions = train_pos if split == "train" else val_pos
-                indexed = IndexedDataset(data, self._transform(train=split == "train"))
-                self._splits[split] = Subset(indexed, positions)
-        return self._splits[split]
+                self._splits[key] = Subset(indexed, train_pos if split == "train" else val_pos)
+        return self._splits[key]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, augment: bool | None = None) -> DataLoader:
         return DataLoader(
-            self.dataset(split),
+            self.dataset(split, augment=augment),
             batch_size=self.batch_size,
             shuffle=shuffle,
             drop_last=False,
@@ -227,5 +255,5 @@ class ImageDataModule(LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Same as ``test_dataloader``: the test split, unshuffled."""
-        return self._loader("test", shuffle=False)
+        """Batches of ``predict_split`` (the test split by default), in index order, never augmented."""
+        return self._loader(self.predict_split, shuffle=False, augment=False)

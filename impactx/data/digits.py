@@ -73,6 +73,7 @@ class DigitsDataModule(ImageDataModule):
         augment: bool = False,
         download: bool = False,
         test_fraction: float = 0.2,
+        predict_split: str = "test",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -82,6 +83,7 @@ class DigitsDataModule(ImageDataModule):
             seed=seed,
             augment=augment,
             download=download,
+            predict_split=predict_split,
         )
         self.test_fraction = check_fraction("test_fraction", test_fraction, allow_zero=False)
 
@@ -106,8 +108,8 @@ class DigitsDataModule(ImageDataModule):
         split_labels = labels[pos]
         return TensorDataset(split_images, split_labels), split_labels.numpy()
 
-    def _transform(self, train: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        if not (train and self.augment):
+    def _transform(self, augment: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if not augment:
             return None  # images are stored normalised already
         from torchvision import transforms
 

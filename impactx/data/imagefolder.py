@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from impactx.data.base import DatasetNotFoundError, ImageDataModule, check_int
+from impactx.core import check_int
+from impactx.data.base import DatasetNotFoundError, ImageDataModule
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -60,6 +61,7 @@ class ImageFolderDataModule(ImageDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         augment: bool = False,
+        predict_split: str = "test",
     ) -> None:
         super().__init__(
             data_dir=root,
@@ -69,6 +71,7 @@ class ImageFolderDataModule(ImageDataModule):
             seed=seed,
             augment=augment,
             download=False,
+            predict_split=predict_split,
         )
         self.root = str(root)
         if in_chans not in (1, 3):
@@ -189,12 +192,12 @@ class ImageFolderDataModule(ImageDataModule):
             self._stats = self._compute_stats()
         return self._stats[1]
 
-    def _transform(self, train: bool) -> Callable:
+    def _transform(self, augment: bool) -> Callable:
         from torchvision import transforms
 
         size = self.image_size
         steps: list[Callable] = [transforms.Resize((size, size))]
-        if train and self.augment:
+        if augment:
             steps += [
                 transforms.RandomCrop(size, padding=max(1, size // 8)),
                 transforms.RandomHorizontalFlip(),

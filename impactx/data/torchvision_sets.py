@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from impactx.data.base import DatasetNotFoundError, ImageDataModule, check_int
+from impactx.core import check_int
+from impactx.data.base import DatasetNotFoundError, ImageDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -100,11 +101,11 @@ class TorchvisionDataModule(ImageDataModule):
     def _resize(self) -> list[Callable]:
         return []
 
-    def _transform(self, train: bool) -> Callable:
+    def _transform(self, augment: bool) -> Callable:
         from torchvision import transforms
 
         steps: list[Callable] = list(self._resize())
-        if train and self.augment and self.crop_padding is not None:
+        if augment and self.crop_padding is not None:
             steps += [
                 transforms.RandomCrop(self.image_size, padding=self.crop_padding),
                 transforms.RandomHorizontalFlip(),
@@ -156,6 +157,7 @@ class MNISTDataModule(TorchvisionDataModule):
         augment: bool = False,
         download: bool = False,
         resize: int | None = None,
+        predict_split: str = "test",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -165,6 +167,7 @@ class MNISTDataModule(TorchvisionDataModule):
             seed=seed,
             augment=augment,
             download=download,
+            predict_split=predict_split,
         )
         self.resize = None if resize is None else check_int("resize", resize, 1)
         self.image_size = self.resize or 28

@@ -46,6 +46,7 @@ def test_unknown_name_lists_the_known_ones():
         ("batch_size", 2.5),
         ("num_workers", -1),
         ("seed", -1),
+        ("predict_split", "trian"),
     ],
 )
 def test_bad_arguments_name_the_value(name, arg, value, tmp_path):

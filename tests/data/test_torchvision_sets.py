@@ -204,6 +204,24 @@ def test_cifar_augmentation_only_on_train(tmp_path, md5_only_off):
     assert dm.dataset("train")[0][0].shape == (3, 32, 32)
 
 
+def _stack(dataset, n: int) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in range(n)])
+
+
+def test_cifar_train_split_with_and_without_augmentation(tmp_path, md5_only_off):
+    write_cifar10(tmp_path)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), augment=True, val_fraction=0.2, predict_split="train")
+    plain = CIFAR10DataModule(data_dir=str(tmp_path), augment=False, val_fraction=0.2)
+    torch.manual_seed(0)
+    n = len(dm.dataset("train"))
+    plain_train = _stack(plain.dataset("train"), n)
+    torch.testing.assert_close(_stack(dm.dataset("train", augment=False), n), plain_train)
+    assert any(not torch.equal(dm.dataset("train")[i][0], plain.dataset("train")[i][0]) for i in range(n))
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch[2].tolist() == list(plain.dataset("train").indices)[: len(batch[2])]
+    torch.testing.assert_close(batch[0], _stack(plain.dataset("train"), len(batch[2])))
+
+
 # --------------------------------------------------------------------------------------- STL-10
 def _write_stl_images(path, chw: np.ndarray) -> None:
     # the official binaries store each channel column-major (x runs slowest within a plane)
