@@ -73,11 +73,12 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 3, 
     return best
 
 
-def forward_rate(model: torch.nn.Module, device: torch.device, backward: bool, batch_sizes=(256, 2048)) -> float:
+def forward_rate(model: torch.nn.Module, device: torch.device, backward: bool, batch_sizes=(256, 2048),
+                 shape: tuple[int, int, int] = (3, 32, 32), repeats: int = 2) -> float:
     """Images per second the model alone manages, forward (and backward to the input), best batch size."""
     rates = []
     for batch in batch_sizes:
-        x = torch.randn(batch, 3, 32, 32, device=device)
+        x = torch.randn(batch, *shape, device=device)
 
         def step() -> None:
             if backward:
@@ -87,7 +88,7 @@ def forward_rate(model: torch.nn.Module, device: torch.device, backward: bool, b
                 with torch.no_grad():
                     model(x)
 
-        rates.append(batch / best_time(step, device, repeats=2))
+        rates.append(batch / best_time(step, device, repeats=repeats))
     return max(rates)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -238,3 +239,20 @@ def state_versions(module: nn.Module) -> tuple[tuple[int, int], ...]:
     """``(id, version counter)`` of every parameter and buffer: a cheap test that no weight was written to
     (optimiser steps, ``load_state_dict`` and BatchNorm updates all bump the counters) since it was taken."""
     return tuple((id(t), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Under ``torch.distributed`` with several ranks, every rank's ``rows [N_r, ...]`` concatenated in rank
+    order (shards may differ in size); otherwise ``rows`` itself. A collective: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return rows
+    world = dist.get_world_size()
+    size = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(n) for n in sizes))
+    padded = rows.new_zeros((longest, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes, strict=True)])

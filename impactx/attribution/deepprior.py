@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -71,6 +70,7 @@ from impactx.core import (
     check_internal_batch_size,
     check_output,
     eval_mode,
+    gather_rows,
     image_keys,
     keyed_uniform,
     state_versions,
@@ -168,23 +168,6 @@ class _FitState:
     layer: str
     density: Density
     num_pixels: int
-
-
-def gather_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Under ``torch.distributed`` with several ranks, every rank's ``rows [N_r, ...]`` concatenated in rank
-    order (shards may differ in size); otherwise ``rows`` itself. A collective: every rank must call it."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return rows
-    world = dist.get_world_size()
-    size = torch.tensor([rows.shape[0]], device=rows.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(int(n) for n in sizes))
-    padded = rows.new_zeros((longest, *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded.contiguous())
-    return torch.cat([part[: int(n)] for part, n in zip(gathered, sizes, strict=True)])
 
 
 @register("deepprior_eg")

@@ -95,15 +95,20 @@ class ExplainerSpec:
             raise TypeError(f"explainers[{self.name!r}]: {err}") from None
         return self
 
-    def build(self, seed: int | None = None, background: torch.Tensor | None = None) -> Explainer:
-        """The explainer, given ``seed`` and ``background`` where it takes them and the options leave them out."""
+    def build_options(self, seed: int | None = None, background: torch.Tensor | None = None) -> dict[str, Any]:
+        """The options :meth:`build` constructs with: ``seed`` and ``background`` filled in where the method
+        takes them and the options leave them out."""
         options = dict(self.options)
         params = inspect.signature(self.explainer_class.__init__).parameters
         if seed is not None and "seed" in params and options.get("seed") is None:
             options["seed"] = seed
         if background is not None and self.needs_background:
             options["background"] = background
-        return create_explainer(self.name, **options)
+        return options
+
+    def build(self, seed: int | None = None, background: torch.Tensor | None = None) -> Explainer:
+        """The explainer, given ``seed`` and ``background`` where it takes them and the options leave them out."""
+        return create_explainer(self.name, **self.build_options(seed, background))
 
 
 def parse_explainers(config: ExplainersConfig) -> dict[str, ExplainerSpec]:

@@ -31,12 +31,9 @@ class SelfExplainingClassifier(ClassifierModule):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: intra-op threads only oversubscribe them (LeNet forwards run ~8x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

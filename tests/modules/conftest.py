@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: intra-op threads only oversubscribe them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (``tests/conftest.py``)."""
     yield
-    torch.set_num_threads(threads)
