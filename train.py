@@ -4,6 +4,7 @@
     python train.py fit --config configs/cifar10_lenet5.yaml
     python train.py test --config configs/default.yaml --ckpt_path logs/.../best.ckpt
     python train.py fit --config configs/default.yaml --print_config   # the resolved config
+    python train.py maps --config configs/default.yaml --ckpt_path logs/.../best.ckpt --maps.dir maps
     python train.py --help
 
 A LightningCLI: every constructor argument of the model, the data module, the trainer and its callbacks
@@ -39,12 +40,15 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from impactx.data import DatasetNotFoundError, ImageDataModule
+from impactx.maps import MapStoreError
+from impactx.maps.map_pass import MapPassOptions, run_map_pass
+from impactx.maps.progress import MapPassProgressBar
 from impactx.models import PretrainedWeightsError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "maps")
 DEBUG_VARIABLES = ("IMPACTX_DEBUG", "JSONARGPARSE_DEBUG")
 
 
@@ -65,6 +69,29 @@ class CommandLineError(Exception):
 MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError)
 #: What a constructor raises when it rejects a config value: exit status 2.
 REJECTED_VALUE_ERRORS = (ValueError, TypeError, MisconfigurationException)
+
+
+class ImpactxTrainer(Trainer):
+    """Lightning's Trainer plus the ``maps`` subcommand."""
+
+    def maps(
+        self,
+        model: Any,
+        datamodule: Any = None,
+        ckpt_path: str | None = None,
+        maps: MapPassOptions | None = None,
+    ) -> Path:
+        """Compute the target-map store of a trained model over the train split (resumable, all devices).
+
+        Args:
+            model: the trained module (the config's ``model``), its weights read from ``ckpt_path``.
+            datamodule: the config's ``data``; its full train split is explained, without augmentation.
+            ckpt_path: the checkpoint of the model to explain (required).
+            maps: what to compute and where (``--maps.method``, ``--maps.options``, ``--maps.dir``, ...).
+        """
+        if ckpt_path is None:
+            raise CommandLineError("maps needs --ckpt_path: the checkpoint of the model whose maps to compute", 2)
+        return run_map_pass(self, model, datamodule, maps or MapPassOptions(), ckpt_path)
 
 
 def debug_requested() -> bool:
@@ -103,6 +130,8 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, CommandLineError):
         return error.status, str(error)
     if isinstance(error, MISSING_FILE_ERRORS):
+        return 1, str(error)
+    if isinstance(error, MapStoreError):
         return 1, str(error)
     return None
 
@@ -197,6 +226,10 @@ class ImpactxCLI(LightningCLI):
         self.check_stage = check_stage
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "maps": {"model", "datamodule"}}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
@@ -205,13 +238,22 @@ class ImpactxCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Add a rich progress bar unless the config disables the bar or brings its own."""
         configured = [*(config.get("callbacks") or []), *callbacks]
+        if self.subcommand == "maps":
+            # A map pass is a precompute, not an experiment: no logger, no run folder; images/s on the bar.
+            config = {**config, "logger": False}
+            self.save_config_callback = None  # nor a config.yaml in the log folder
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
-            callbacks = [*callbacks, RichProgressBar()]
+            bar = MapPassProgressBar(self._map_batch_size()) if self.subcommand == "maps" else RichProgressBar()
+            callbacks = [*callbacks, bar]
         self.first_step = _FirstStep()
         return super()._instantiate_trainer(config, [*callbacks, self.first_step])
 
+    def _map_batch_size(self) -> int:
+        options = self._get(self.config, "maps")
+        return int(getattr(options, "batch_size", None) or (options or {}).get("batch_size", 64)) if options else 64
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        stage = self.subcommand or self.check_stage
+        stage = {"maps": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage
         if stage is not None:
             self.check_inputs(stage)
         return super().instantiate_trainer(**kwargs)
@@ -281,6 +323,7 @@ def make_cli(
         parser_kwargs = {"exit_on_error": False, **{sub: dict(parser_kwargs) for sub in SUBCOMMANDS}}
     return ImpactxCLI(
         model_class=None,
+        trainer_class=ImpactxTrainer,
         datamodule_class=ImageDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

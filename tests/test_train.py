@@ -234,3 +234,34 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path) -> None:
     assert len(checkpoints) == 1
     state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] > 0
+
+
+MAPS = ["maps", "--config", str(ROOT / "configs/default.yaml"), "--trainer.enable_progress_bar=false",
+        "--maps.method=ig", "--maps.options={n_steps: 2}", "--maps.batch_size=256"]
+
+
+def test_maps_subcommand_one_process_then_ddp(tmp_path) -> None:
+    """``python train.py maps`` from a fit's checkpoint: the store is made and complete, a rerun computes
+    nothing, and 2 DDP processes (gloo, through the real CLI) make the same store bitwise; no log folder."""
+    import numpy as np
+
+    fit = _run_cli([*DEFAULT_FIT, *SHORT_RUN], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (ckpt,) = (tmp_path / "logs/default/version_0/checkpoints").glob("last.ckpt")
+    logs_before = _tree(tmp_path / "logs")
+    one = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.dir", "one"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (store,) = (tmp_path / "one").glob("digits-train-ig-*")
+    assert f"map store one/{store.name}: complete" in one.stdout
+    again = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.dir", "one"], tmp_path)
+    assert "nothing to compute" in again.stdout
+    ddp = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.dir", "two", "--trainer.accelerator=cpu",
+                    "--trainer.devices=2", "--trainer.strategy=ddp"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    two = tmp_path / "two" / store.name
+    assert np.array_equal(np.load(two / "maps.npy"), np.load(store / "maps.npy"))
+    assert _tree(tmp_path / "logs") == logs_before  # a map pass makes no log or W&B run folder
+    missing = _run_cli([*MAPS, "--maps.dir", "one"], tmp_path)
+    _assert_one_message(missing, 2, "maps needs --ckpt_path")
+    bad = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.method=nosuch"], tmp_path)
+    _assert_one_message(bad, 2, "unknown explainer 'nosuch'")

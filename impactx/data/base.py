@@ -32,6 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from impactx.core import check_int
 from impactx.data.indexed import IndexedDataset
+from impactx.data.with_maps import WithMaps
+from impactx.maps.key import MAP_SPLIT
+from impactx.maps.store import NORMALISATIONS, MapStore, MapStoreError
 
 __all__ = ["DatasetNotFoundError", "ImageDataModule", "SPLITS", "carve_validation", "check_split"]
 
@@ -102,6 +105,12 @@ class ImageDataModule(LightningDataModule):
         download: let ``prepare_data`` download missing files (needs internet).
         predict_split: the split ``predict_dataloader`` serves, one of ``"train" | "val" | "test"``;
             always without augmentation, in index order.
+        maps: a map store folder (made by ``python train.py maps``) to join to the train split: its items
+            become ``(image, label, index, map [1,H,W])``, random geometric augmentation applied to image and
+            map together (see :mod:`impactx.data.with_maps`). A store of another data set, split or
+            preprocessing is refused.
+        map_normalisation: how stored maps are normalised on read (``"max_abs"``, ``"minmax"``, ``"none"``;
+            see :func:`impactx.maps.store.normalise_maps`).
 
     Attributes (class attributes or properties, available before ``setup``):
         name, num_classes, in_chans, image_size (H = W), mean, std (per channel), class_names.
@@ -125,6 +134,8 @@ class ImageDataModule(LightningDataModule):
         augment: bool = False,
         download: bool = False,
         predict_split: str = "test",
+        maps: str | None = None,
+        map_normalisation: str = "max_abs",
     ) -> None:
         super().__init__()
         self.data_dir = str(data_dir)
@@ -135,6 +146,11 @@ class ImageDataModule(LightningDataModule):
         self.augment = bool(augment)
         self.download = bool(download)
         self.predict_split = check_split("predict_split", predict_split)
+        if map_normalisation not in NORMALISATIONS:
+            raise ValueError(f"map_normalisation must be one of {NORMALISATIONS}, got {map_normalisation!r}")
+        self.maps = None if maps is None else str(maps)
+        self.map_normalisation = map_normalisation
+        self._map_store: MapStore | None = None
         self._save_init_hparams()
         self._full: dict[str, tuple[Dataset, np.ndarray]] = {}  # "train"/"test" -> (dataset, targets)
         self._carve: tuple[list[int], list[int]] | None = None
@@ -162,6 +178,55 @@ class ImageDataModule(LightningDataModule):
         """Image transform to a normalised ``[C,H,W]`` float32 tensor, with the data set's training
         augmentation when ``augment`` (whatever the module's ``augment`` option says)."""
         return None
+
+    def _geometric_augmentation(self) -> Callable[..., Any] | None:
+        """The training augmentation's random geometric part as a ``transforms.v2`` transform of
+        ``(tv_tensors.Image, tv_tensors.Mask)`` on normalised tensors (used when maps are joined); ``None``
+        when the data set has none."""
+        return None
+
+    def _photometric_augmentation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The training augmentation's photometric part (image only, after the geometric one); ``None``."""
+        return None
+
+    def _blank_value(self) -> tuple[float, ...]:
+        """A black pixel after normalisation, per channel (the fill of padded or rotated-in image areas)."""
+        return tuple(-m / s for m, s in zip(self.mean, self.std, strict=True))
+
+    # ------------------------------------------------------------------ target maps
+    def preprocessing(self) -> str:
+        """The deterministic preprocessing of every item, as text (part of a map store's key)."""
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, in_chans={self.in_chans}, "
+            f"mean={tuple(self.mean)}, std={tuple(self.std)}, transform={self._transform(augment=False)!r})"
+        )
+
+    def map_dataset(self) -> Dataset:
+        """The full train split (train and val carves: row ``i`` is the item of index ``i``) with the
+        deterministic preprocessing and no augmentation: what the map pass explains."""
+        data, _ = self.full_split("train")
+        return IndexedDataset(data, self._transform(augment=False))
+
+    @property
+    def map_store(self) -> MapStore | None:
+        """The joined store (``maps``), opened and checked against this data set, split and preprocessing."""
+        if self.maps is None:
+            return None
+        if self._map_store is None:
+            store = MapStore.open(self.maps)
+            wanted = {"dataset": self.name, "split": MAP_SPLIT, "preprocessing": self.preprocessing()}
+            for field, value in wanted.items():
+                stored = getattr(store.key, field)
+                if stored != value:
+                    raise MapStoreError(
+                        f"map store {self.maps} holds maps of another {field}: store has {stored!r}, "
+                        f"{type(self).__name__} gives {value!r}"
+                    )
+            n = len(self.full_split("train")[0])
+            if store.n != n:
+                raise MapStoreError(f"map store {self.maps} has {store.n} rows but the train split has {n} items")
+            self._map_store = store
+        return self._map_store
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -191,6 +256,8 @@ class ImageDataModule(LightningDataModule):
         """
         for split in self._stage_splits(stage):
             self.full_split("train" if split in ("train", "val") else "test")
+        if stage in (None, "fit"):
+            _ = self.map_store  # a missing or mismatched store fails now
 
     def full_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         """The full ``"train"`` or ``"test"`` split (untransformed ``(image, label)`` items) and its labels."""
@@ -221,6 +288,15 @@ class ImageDataModule(LightningDataModule):
         split = check_split("split", split)
         augment = (split == "train" and self.augment) if augment is None else bool(augment)
         key = (split, augment)
+        if key not in self._splits and split == "train" and self.maps is not None:
+            train_pos, _ = self.split_positions()
+            self._splits[key] = WithMaps(
+                Subset(self.map_dataset(), train_pos),
+                self.map_store,  # type: ignore[arg-type]
+                self.map_normalisation,  # type: ignore[arg-type]
+                geometric=self._geometric_augmentation() if augment else None,
+                photometric=self._photometric_augmentation() if augment else None,
+            )
         if key not in self._splits:
             data, _ = self.full_split("train" if split in ("train", "val") else "test")
             indexed = IndexedDataset(data, self._transform(augment=augment))

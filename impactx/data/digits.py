@@ -74,6 +74,8 @@ class DigitsDataModule(ImageDataModule):
         download: bool = False,
         test_fraction: float = 0.2,
         predict_split: str = "test",
+        maps: str | None = None,
+        map_normalisation: str = "max_abs",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -84,8 +86,17 @@ class DigitsDataModule(ImageDataModule):
             augment=augment,
             download=download,
             predict_split=predict_split,
+            maps=maps,
+            map_normalisation=map_normalisation,
         )
         self.test_fraction = check_fraction("test_fraction", test_fraction, allow_zero=False)
+
+    def preprocessing(self) -> str:
+        """Which digits form the train split (``test_fraction``, ``seed``) and how they were made 32x32."""
+        return (
+            f"{super().preprocessing()}; load_digits / 16, bilinear 8->{DIGITS_SIZE} (align_corners=False), "
+            f"normalised; train split: test_fraction={self.test_fraction}, seed={self.seed}"
+        )
 
     def test_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted positions in ``load_digits`` order of the (full train, test) splits, fixed by ``seed``."""
@@ -113,7 +124,12 @@ class DigitsDataModule(ImageDataModule):
             return None  # images are stored normalised already
         from torchvision import transforms
 
-        background = (0.0 - self.mean[0]) / self.std[0]  # value of a blank pixel after normalisation
-        return transforms.RandomAffine(
-            degrees=10, translate=(2 / 32, 2 / 32), scale=(0.9, 1.1), fill=background
-        )
+        return transforms.RandomAffine(degrees=10, translate=(2 / 32, 2 / 32), scale=(0.9, 1.1), fill=self._blank_value()[0])
+
+    def _geometric_augmentation(self):
+        """The same random affine, on an image and its map together (the map filled with 0)."""
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        fill = {tv_tensors.Image: self._blank_value()[0], tv_tensors.Mask: 0.0}
+        return v2.RandomAffine(degrees=10, translate=(2 / 32, 2 / 32), scale=(0.9, 1.1), fill=fill)

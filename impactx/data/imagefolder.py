@@ -62,6 +62,8 @@ class ImageFolderDataModule(ImageDataModule):
         seed: int = 0,
         augment: bool = False,
         predict_split: str = "test",
+        maps: str | None = None,
+        map_normalisation: str = "max_abs",
     ) -> None:
         super().__init__(
             data_dir=root,
@@ -72,6 +74,8 @@ class ImageFolderDataModule(ImageDataModule):
             augment=augment,
             download=False,
             predict_split=predict_split,
+            maps=maps,
+            map_normalisation=map_normalisation,
         )
         self.root = str(root)
         if in_chans not in (1, 3):
@@ -204,3 +208,12 @@ class ImageFolderDataModule(ImageDataModule):
             ]
         steps += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
         return transforms.Compose(steps)
+
+    def _geometric_augmentation(self):
+        """Random crop (padding ``size // 8``, black; 0 in the map) and a horizontal flip, on image and map."""
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        size = self.image_size
+        fill = {tv_tensors.Image: self._blank_value(), tv_tensors.Mask: 0.0}
+        return v2.Compose([v2.RandomCrop(size, padding=max(1, size // 8), fill=fill), v2.RandomHorizontalFlip()])

@@ -113,6 +113,20 @@ class TorchvisionDataModule(ImageDataModule):
         steps += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
         return transforms.Compose(steps)
 
+    def _geometric_augmentation(self):
+        """Random crop with ``crop_padding`` (black padding; 0 in the map) and a horizontal flip, on an image
+        and its map together; ``None`` for data sets without augmentation (MNIST)."""
+        if self.crop_padding is None:
+            return None
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        fill = {tv_tensors.Image: self._blank_value(), tv_tensors.Mask: 0.0}
+        return v2.Compose([
+            v2.RandomCrop(self.image_size, padding=self.crop_padding, fill=fill),
+            v2.RandomHorizontalFlip(),
+        ])
+
 
 class MNISTDataModule(TorchvisionDataModule):
     """MNIST handwritten digits (60,000 train / 10,000 test), 1x28x28, ten classes.
@@ -158,6 +172,8 @@ class MNISTDataModule(TorchvisionDataModule):
         download: bool = False,
         resize: int | None = None,
         predict_split: str = "test",
+        maps: str | None = None,
+        map_normalisation: str = "max_abs",
     ) -> None:
         super().__init__(
             data_dir=data_dir,
@@ -168,6 +184,8 @@ class MNISTDataModule(TorchvisionDataModule):
             augment=augment,
             download=download,
             predict_split=predict_split,
+            maps=maps,
+            map_normalisation=map_normalisation,
         )
         self.resize = None if resize is None else check_int("resize", resize, 1)
         self.image_size = self.resize or 28
