@@ -220,6 +220,14 @@ def gaussian_blur(
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).view(batch, channels, height, width)
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A sha256 hex digest of a tensor's dtype, shape and values (the same on every device)."""
+    value = tensor.detach()
+    digest = hashlib.sha256(f"{value.dtype}|{tuple(value.shape)}|".encode())
+    digest.update(value.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A sha256 hex digest of ``module.state_dict()`` (parameter and buffer names, dtypes, shapes, values).
 

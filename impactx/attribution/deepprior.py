@@ -40,15 +40,18 @@ Where this implementation deliberately differs from the authors' code (github.co
 - *BGMM score.* The per-pixel prior of the BGMM is its mixture log-density (``score_samples``), a single map
   like the MGM's, rather than the ``[N, K]`` posterior matrix of Eq. 18.
 
-Fitting (:meth:`DeepPriorEG.fit`) is done once and cached against the model's weights (a sha256 of its
-``state_dict``, :func:`impactx.core.weights_fingerprint`) and the layer name: a model trained further, or
-another model, is refitted at its next call; the same weights in another object reuse the fit. The
-fingerprint is only recomputed when a parameter or buffer was written to since the last call.
+The density is fitted on the background set of the call and cached against the model's weights (a sha256
+of its ``state_dict``, :func:`impactx.core.weights_fingerprint`), the layer name and the fitted data (a
+digest): a model trained further, another model, or another background is refitted at its next call; the
+same weights in another object reuse the fit. The fingerprint is only recomputed when a parameter or buffer
+was written to since the last call. :meth:`DeepPriorEG.fit` fits on data of the caller's choice, used for
+every background until the weights change.
 
-With ``background=None`` the density is fitted on the explained batch. Under ``torch.distributed`` (DDP)
-every rank's batch is gathered first and all ranks fit on the same rows, so the density is identical on
-every rank: every rank must then make the call together, as in a DDP training or evaluation step
-(``sync_ranks=False`` fits on the local batch instead).
+With ``background=None`` the density is fitted on the explained batch, at every call. Under
+``torch.distributed`` (DDP) every rank's batch is gathered first and all ranks fit on the same rows, so the
+density is identical on every rank: every rank must then make each call together, as in a DDP training or
+evaluation step with equal shards (``sync_ranks=False`` fits on the local batch instead). A fixed background
+needs no collective.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from impactx.core import (
     image_keys,
     keyed_uniform,
     state_versions,
+    tensor_digest,
     weights_fingerprint,
 )
 
@@ -168,6 +172,7 @@ class _FitState:
     layer: str
     density: Density
     num_pixels: int
+    data: str | None  # tensor_digest of the data of an automatic fit; None: fitted by the caller (fit())
 
 
 @register("deepprior_eg")
@@ -265,10 +270,13 @@ class DeepPriorEG(Explainer):
         """How many feature vectors the density was fitted on."""
         return None if self._state is None else self._state.num_pixels
 
-    def is_fitted_for(self, model: nn.Module) -> bool:
-        """Whether the density was fitted on ``model``'s present weights (any object holding them) and layer."""
+    def is_fitted_for(self, model: nn.Module, data: str | None = None) -> bool:
+        """Whether the density was fitted on ``model``'s present weights (any object holding them) and layer,
+        and, for an automatic fit, on the data of digest ``data`` (when given)."""
         state = self._state
         if state is None or state.layer != resolve_conv_layer(model, self.layer)[0]:
+            return False
+        if data is not None and state.data is not None and state.data != data:
             return False
         versions = state_versions(model)
         if versions == state.versions:
@@ -282,8 +290,12 @@ class DeepPriorEG(Explainer):
         """Fit the prior density on the per-pixel features of ``data [N, C, H, W]``; returns ``self``.
 
         One hook pass per chunk of images (model in eval mode, restored after), a seeded subset of at most
-        ``max_fit_pixels`` of the ``N*h*w`` feature vectors kept, then one MGM / BGMM fit on them.
+        ``max_fit_pixels`` of the ``N*h*w`` feature vectors kept, then one MGM / BGMM fit on them. The fit is
+        used for every later call, whatever its background, until the model's weights change.
         """
+        return self._fit(model, data, None)
+
+    def _fit(self, model: nn.Module, data: torch.Tensor, digest: str | None) -> DeepPriorEG:
         if not isinstance(data, torch.Tensor) or data.dim() != 4 or data.shape[0] < 1:
             shape = list(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
             raise ValueError(f"data must be a non-empty [N, C, H, W] image tensor, got {shape}")
@@ -294,7 +306,7 @@ class DeepPriorEG(Explainer):
         else:
             density = MixtureDensity.fit(features, n_components=self.n_components, seed=self.seed)
         self._state = _FitState(
-            weights_fingerprint(model), state_versions(model), name, density, int(features.shape[0])
+            weights_fingerprint(model), state_versions(model), name, density, int(features.shape[0]), digest
         )
         return self
 
@@ -340,12 +352,14 @@ class DeepPriorEG(Explainer):
     def _attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
     ) -> torch.Tensor:
-        from_batch = background is None
-        if from_batch:
+        if background is None:  # the batch: references, and the data of the fit (every rank's, gathered)
             background = inputs.detach()
-        if not self.is_fitted_for(model):
-            fit_data = gather_rows(background) if from_batch and self.sync_ranks else background
-            self.fit(model, fit_data)
+            fit_data = gather_rows(background) if self.sync_ranks else background
+        else:
+            fit_data = background
+        digest = tensor_digest(fit_data)
+        if not self.is_fitted_for(model, digest):
+            self._fit(model, fit_data, digest)
         p_prior = self.prior_map(model, inputs)  # [B, 1, H, W], detached
 
         keys = image_keys(inputs, self.seed)

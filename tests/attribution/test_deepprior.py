@@ -357,3 +357,18 @@ def test_background_shape_mismatch() -> None:
     explainer = DeepPriorEG(background=torch.zeros(2, 3, 6, 6, dtype=DT))
     with pytest.raises(ValueError, match="background images have shape"):
         explainer(small_cnn(), images(2, 0), 0)
+
+
+def test_maps_do_not_depend_on_earlier_calls() -> None:
+    """The fit follows the call's data: background A then B gives B's maps, and with background=None every
+    batch is explained under its own density, whatever was explained before."""
+    model, x, a, b = small_cnn(), images(2, 50), images(5, 51), images(5, 52)
+    explainer = DeepPriorEG(prior="mgm", n_samples=8)
+    explainer(model, x, 0, background=a)
+    torch.testing.assert_close(
+        explainer(model, x, 0, background=b), DeepPriorEG(prior="mgm", n_samples=8)(model, x, 0, background=b)
+    )
+    first, second = images(3, 53), images(3, 54)
+    batchwise = DeepPriorEG(prior="mgm", n_samples=8)
+    batchwise(model, first, 0)
+    torch.testing.assert_close(batchwise(model, second, 0), DeepPriorEG(prior="mgm", n_samples=8)(model, second, 0))
