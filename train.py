@@ -66,7 +66,8 @@ class CommandLineError(Exception):
 
 
 #: Files the command line points at are missing or unusable: exit status 1.
-MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError)
+#: A map store is missing, incomplete, or of other maps: exit status 1 too.
+MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError, MapStoreError)
 #: What a constructor raises when it rejects a config value: exit status 2.
 REJECTED_VALUE_ERRORS = (ValueError, TypeError, MisconfigurationException)
 
@@ -130,8 +131,6 @@ def user_error(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, CommandLineError):
         return error.status, str(error)
     if isinstance(error, MISSING_FILE_ERRORS):
-        return 1, str(error)
-    if isinstance(error, MapStoreError):
         return 1, str(error)
     return None
 

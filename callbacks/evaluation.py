@@ -102,6 +102,7 @@ class ExplanationEvaluation(ExplanationCallback):
 
     def __init__(
         self,
+        *,
         explainers: ExplainersConfig = None,
         metrics: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None,
         self_maps: bool = True,

@@ -41,6 +41,7 @@ class ExplanationGallery(ExplanationCallback):
 
     def __init__(
         self,
+        *,
         explainers: ExplainersConfig = "ig",
         self_maps: bool = True,
         num_images: int = 4,

@@ -6,9 +6,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from impactx.attribution.sources import MapSource
-from impactx.attribution.specs import ExplainerSpec
 from impactx.core import check_int
+from impactx.maps.map_pass import map_explainer
 from impactx.maps.refresh import refresh_store
 from impactx.maps.store import MapStore
 
@@ -56,9 +55,8 @@ class MapRefresh(Callback):
             return
         store = self._store(trainer)
         model: nn.Module = pl_module if self.model_attr is None else getattr(pl_module, self.model_attr)
-        spec = ExplainerSpec(store.key.explainer, store.key.options)
-        source = MapSource(spec.name, spec.needs_gradients, spec.build(), reduce_channels=True)
         dataset = trainer.datamodule.map_dataset()
+        source = map_explainer(store.key, dataset)
         stats = refresh_store(store, model, source, dataset, self.batch_size, pl_module.device)
         self.last_stats = stats
         pl_module.log("maps/mean_abs_change", stats.mean_abs_change, on_epoch=True, sync_dist=False)

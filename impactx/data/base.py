@@ -225,6 +225,12 @@ class ImageDataModule(LightningDataModule):
             n = len(self.full_split("train")[0])
             if store.n != n:
                 raise MapStoreError(f"map store {self.maps} has {store.n} rows but the train split has {n} items")
+            missing = len(store.missing())
+            if missing:
+                raise MapStoreError(
+                    f"map store {self.maps} is incomplete: {missing} of {n} maps not computed yet "
+                    "(run `python train.py maps` again to finish it)"
+                )
             self._map_store = store
         return self._map_store
 

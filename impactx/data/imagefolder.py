@@ -124,6 +124,16 @@ class ImageFolderDataModule(ImageDataModule):
     def num_classes(self) -> int:  # type: ignore[override]
         return len(self.class_names)
 
+    def preprocessing(self) -> str:
+        """The transform, plus which files form the train split (a digest of their relative paths): a map
+        store of another folder's images is refused."""
+        import hashlib
+
+        dataset, _ = self.full_split("train")
+        root = os.path.abspath(self._split_dir("train"))
+        names = "\n".join(os.path.relpath(path, root) for path, _ in getattr(dataset, "samples", []))
+        return f"{super().preprocessing()}; train files: {hashlib.sha256(names.encode()).hexdigest()[:16]}"
+
     # ---------------------------------------------------------------- loading
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         from torchvision.datasets import ImageFolder

@@ -50,6 +50,7 @@ class MapKey:
         target: the target rule (:data:`TARGET_RULES`).
         model: :func:`impactx.core.weights_fingerprint` of the explained model.
         dtype: how values are stored (:data:`DTYPES`).
+        precision: the trainer's precision the maps were computed under (``"32-true"``, ``"bf16-mixed"``...).
     """
 
     dataset: str
@@ -60,6 +61,7 @@ class MapKey:
     target: str
     model: str
     dtype: str = "float32"
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:

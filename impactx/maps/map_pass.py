@@ -9,6 +9,7 @@ another number of devices, gives bitwise the same maps as one uninterrupted pass
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,11 +24,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from impactx.attribution.background import materialise_background
+from impactx.attribution.registry import create_explainer
 from impactx.attribution.sources import MapSource
 from impactx.attribution.specs import ExplainerSpec
 from impactx.core import check_int, weights_fingerprint
 from impactx.maps.key import DTYPES, MAP_SPLIT, MapKey
-from impactx.maps.store import MapStore
+from impactx.maps.store import MapStore, MapStoreError
 
 
 @dataclass
@@ -41,7 +44,9 @@ class MapPassOptions:
         dir: the parent folder in which the store's own folder is made.
         dtype: ``float32`` or ``float16`` values on disk.
         batch_size: images per explainer call (fixed batches; changing it changes which images share a call).
-        seed: the seed given to explainers that take one and whose options leave it out.
+        seed: the seed given to explainers that take one and whose options leave it out; also picks the
+            background of explainers that need one (``eg``, ``wg``, ``deepprior_eg``).
+        background_size: how many images of the (unaugmented) train split form that background.
     """
 
     method: str = "partition"
@@ -50,9 +55,11 @@ class MapPassOptions:
     dtype: str = "float32"
     batch_size: int = 64
     seed: int = 0
+    background_size: int = 64
 
     def __post_init__(self) -> None:
         check_int("maps.batch_size", self.batch_size)
+        check_int("maps.background_size", self.background_size)
         if self.dtype not in DTYPES:
             raise ValueError(f"maps.dtype must be one of {DTYPES}, got {self.dtype!r}")
         self.spec()  # an unknown method or a bad option fails now
@@ -92,17 +99,49 @@ class BatchDataset(Dataset):
         return images, labels, index
 
 
-def map_key(datamodule: Any, model: nn.Module, explainer: ExplainerSpec, seed: int, dtype: str) -> MapKey:
-    """The store key of maps of ``model`` by ``explainer`` over the data module's full train split."""
+BACKGROUND = "background"
+
+
+def bound_options(explainer: ExplainerSpec, seed: int, background_size: int) -> dict[str, Any]:
+    """Every constructor option of ``explainer`` (defaults included, so a changed default changes the key),
+    seed filled in; a needed background is described as ``{"split", "size", "seed"}`` of the train split."""
+    options = explainer.build_options(seed)
+    cls = explainer.explainer_class
+    bound = inspect.signature(cls.__init__).bind_partial(None, **options)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(inspect.signature(cls.__init__).parameters)))  # self
+    if explainer.needs_background:
+        arguments[BACKGROUND] = {"split": MAP_SPLIT, "size": background_size, "seed": seed}
+    elif arguments.get(BACKGROUND) is None:
+        arguments.pop(BACKGROUND, None)
+    return arguments
+
+
+def map_explainer(key: MapKey, dataset: Dataset) -> MapSource:
+    """The source a store's maps come from, rebuilt from its key: a described background is drawn again
+    from ``dataset`` (the unaugmented train split), so a refresh explains with the same references."""
+    options = dict(key.options)
+    described = options.get(BACKGROUND)
+    if isinstance(described, dict) and set(described) == {"split", "size", "seed"}:
+        options[BACKGROUND] = materialise_background(dataset, described["size"], MAP_SPLIT, described["seed"])
+    spec = ExplainerSpec(key.explainer, {})
+    explainer = create_explainer(key.explainer, **options)
+    return MapSource(key.explainer, spec.needs_gradients, explainer, reduce_channels=True)
+
+
+def map_key(datamodule: Any, model: nn.Module, options: MapPassOptions, precision: str = "32-true") -> MapKey:
+    """The store key of maps of ``model`` by the pass ``options`` over the data module's full train split."""
     return MapKey(
         dataset=datamodule.name,
         split=MAP_SPLIT,
         preprocessing=datamodule.preprocessing(),
-        explainer=explainer.name,
-        options=explainer.build_options(seed),
+        explainer=options.method,
+        options=bound_options(options.spec(), options.seed, options.background_size),
         target="label",
         model=weights_fingerprint(model),
-        dtype=dtype,
+        dtype=options.dtype,
+        precision=str(precision),
     )
 
 
@@ -121,9 +160,9 @@ class MapPassModule(L.LightningModule):
         self.key = key
         self.dataset = dataset
         self.datamodule_ref = datamodule
-        spec = options.spec()
-        self.source = MapSource(spec.name, spec.needs_gradients, spec.build(options.seed), reduce_channels=True)
+        self.source = map_explainer(key, dataset)
         self.store: MapStore | None = None
+        self.batches: list[np.ndarray] = []
         self.explainer_calls = 0
         self._start = 0.0
 
@@ -136,10 +175,14 @@ class MapPassModule(L.LightningModule):
             MapStore.create(self.options.dir, self.key, len(self.dataset), (1, *image_shape[1:]))
         self.trainer.strategy.barrier("map-store")
         self.store = MapStore.open(Path(self.options.dir) / self.key.folder_name(), self.key, writable=True)
+        if self.store.n != len(self.dataset):
+            raise MapStoreError(f"map store {self.store.path} has {self.store.n} rows, the split {len(self.dataset)} items")
+        # Every rank chooses the batches before any rank writes, so all shard the same list.
+        self.batches = fixed_batches(self.store.n, self.options.batch_size, self.store.missing())
+        self.trainer.strategy.barrier("map-batches")
 
     def predict_dataloader(self) -> DataLoader:
-        assert self.store is not None
-        batches = fixed_batches(self.store.n, self.options.batch_size, self.store.missing())
+        batches = self.batches
         workers = int(getattr(self.datamodule_ref, "num_workers", 0))
         return DataLoader(BatchDataset(self.dataset, batches), batch_size=None, shuffle=False,
                           num_workers=workers, persistent_workers=False)
@@ -196,9 +239,8 @@ def run_map_pass(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, 
     """
     if ckpt_path is not None:
         load_weights(model, ckpt_path)
-    model.eval()
     spec = options.spec()
-    key = map_key(datamodule, model, spec, options.seed, options.dtype)
+    key = map_key(datamodule, model, options, trainer.precision)
     folder = Path(options.dir) / key.folder_name()
     if (folder / "manifest.json").is_file():
         existing = MapStore.open(folder, key)
@@ -210,6 +252,8 @@ def run_map_pass(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, 
     module = MapPassModule(model, datamodule, options, key, dataset)
     writer = MapStoreWriter()
     trainer.callbacks.append(writer)
+    was_training = model.training
+    model.eval()
     inference_mode = trainer.predict_loop.inference_mode
     # Gradient explainers cannot run under torch.inference_mode (Lightning's default for predict).
     trainer.predict_loop.inference_mode = inference_mode and not spec.needs_gradients
@@ -221,6 +265,7 @@ def run_map_pass(trainer: L.Trainer, model: L.LightningModule, datamodule: Any, 
     finally:
         trainer.callbacks.remove(writer)
         trainer.predict_loop.inference_mode = inference_mode
+        model.train(was_training)
     if trainer.is_global_zero:
         store = MapStore.open(folder, key)
         state = "complete" if store.is_complete else f"{store.n - len(store.missing())}/{store.n} rows"

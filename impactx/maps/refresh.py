@@ -47,6 +47,10 @@ def refresh_store(store: MapStore, model: nn.Module, source: MapSource, dataset:
     steps = -(-len(batches) // world)
     items = BatchDataset(dataset, batches)
     change_sum, corr_sum, corr_count, rows = 0.0, 0.0, 0, 0
+    if rank == 0:  # marks a refresh killed halfway: its rows come from two models
+        store.update_manifest(refreshing=True)
+    if world > 1:
+        dist.barrier()
     for step in range(steps):
         j = step * world + rank
         if j < len(batches):
@@ -56,9 +60,10 @@ def refresh_store(store: MapStore, model: nn.Module, source: MapSource, dataset:
         else:  # this rank has no batch at the last step; it still joins the gather
             maps = torch.zeros((0, *store.map_shape), device=device)
             index = torch.zeros(0, dtype=torch.long, device=device)
-        all_maps, all_index = gather_rows(maps), gather_rows(index)
-        old = store.read(all_index.cpu(), normalisation="none")
-        new = all_maps.cpu()
+        # Old rows are read before the gather, so no rank reads a row rank 0 has already rewritten.
+        old = store.read(index.cpu(), normalisation="none").to(device)
+        all_old, all_maps, all_index = gather_rows(old), gather_rows(maps), gather_rows(index)
+        old, new = all_old.cpu(), all_maps.cpu()
         change_sum += float((new - old).abs().flatten(1).mean(dim=1).sum())
         corr = spearman_correlation(old.double(), new.double())
         corr = corr[~torch.isnan(corr)]
@@ -67,7 +72,8 @@ def refresh_store(store: MapStore, model: nn.Module, source: MapSource, dataset:
         if rank == 0:
             store.write(all_index.cpu(), new)
     if rank == 0:
-        store.update_manifest(refreshed_from=weights_fingerprint(model), refreshes=int(store.manifest.get("refreshes", 0)) + 1)
+        refreshes = int(store.manifest.get("refreshes", 0)) + 1
+        store.update_manifest(refreshed_from=weights_fingerprint(model), refreshes=refreshes, refreshing=False)
     if world > 1:
         dist.barrier()
     return RefreshStats(change_sum / max(rows, 1), corr_sum / corr_count if corr_count else float("nan"), rows)

@@ -103,7 +103,12 @@ class MapStore:
         parent = Path(parent)
         final = parent / key.folder_name()
         if final.exists():
-            return cls.open(final, key, writable=True)
+            store = cls.open(final, key, writable=True)
+            if store.n != int(n) or store.map_shape != tuple(int(s) for s in map_shape):
+                raise MapStoreError(
+                    f"map store {final} holds {store.n} maps {list(store.map_shape)}, asked for {n} {list(map_shape)}"
+                )
+            return store
         if n < 1:
             raise MapStoreError(f"a map store needs at least one row, got n={n}")
         shape = (int(n), *(int(s) for s in map_shape))
@@ -158,6 +163,12 @@ class MapStore:
             difference = stored_key.first_difference(key, fields_to_check)
             if difference is not None:
                 raise MapStoreError(f"map store {path} holds other maps: {difference}")
+            refreshed = manifest.get("refreshed_from")
+            if refreshed and refreshed != key.model and "model" in (fields_to_check or ("model",)):
+                raise MapStoreError(
+                    f"map store {path} holds other maps: its rows were recomputed during training from other "
+                    f"weights ({refreshed[:12]}...), not from model {key.model[:12]}..."
+                )
         return cls(path, manifest, writable)
 
     def _check_arrays(self) -> None:
@@ -169,6 +180,14 @@ class MapStore:
             )
         if self.done.shape != (shape[0],) or self.done.dtype != np.uint8:
             raise MapStoreError(f"map store {self.path}: {DONE} is {self.done.dtype}{list(self.done.shape)}, expected uint8[{shape[0]}]")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled np.memmap is an in-memory copy; a spawned worker reopens the files instead, so it stays
+        # small and sees later writes (refreshes).
+        return {"path": self.path, "manifest": self.manifest, "writable": self.writable}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["manifest"], state["writable"])  # type: ignore[misc]
 
     # ------------------------------------------------------------------ state
     @property

@@ -311,3 +311,30 @@ def test_class_attributes(cls):
 
 def test_cifar100_names_are_the_sorted_fine_labels():
     assert len(CIFAR100_CLASSES) == 100 and CIFAR100_CLASSES == sorted(CIFAR100_CLASSES)
+
+
+def test_cifar_maps_follow_their_images_through_crop_and_flip(tmp_path, md5_only_off):
+    """Joined maps (here: each image's own red channel) get the image's random crop and flip; padding is
+    black in the image and 0 in the map."""
+    from impactx.maps import MAP_SPLIT, MapKey, MapStore
+
+    write_cifar10(tmp_path / "data")
+    plain = CIFAR10DataModule(data_dir=str(tmp_path / "data"))
+    items = plain.map_dataset()
+    key = MapKey(dataset=plain.name, split=MAP_SPLIT, preprocessing=plain.preprocessing(), explainer="ig",
+                 options={}, target="label", model="0" * 64)
+    store = MapStore.create(tmp_path / "maps", key, n=len(items), map_shape=(1, 32, 32))
+    store.write(np.arange(len(items)), torch.stack([items[i][0][:1] for i in range(len(items))]))
+    dm = CIFAR10DataModule(data_dir=str(tmp_path / "data"), augment=True, maps=str(store.path),
+                           map_normalisation="none", batch_size=8)
+    dm.setup("fit")
+    black = dm._blank_value()
+    torch.manual_seed(1)
+    moved = shifted = 0
+    for images, _, index, maps in dm.train_dataloader():
+        padded = (images == torch.tensor(black).view(1, 3, 1, 1)).all(dim=1, keepdim=True)
+        assert bool(((maps == images[:, :1]) | (padded & (maps == 0))).all())
+        originals = torch.stack([items[int(i)][0] for i in index])
+        moved += int((images != originals).flatten(1).any(dim=1).sum())
+        shifted += int(padded.flatten(1).any(dim=1).sum())
+    assert moved > len(items) // 2 and shifted > 0

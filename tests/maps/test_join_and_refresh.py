@@ -71,6 +71,17 @@ def test_a_store_of_other_data_is_refused(tmp_path, changes, field):
         DigitsDataModule(maps=str(store.path)).check_data("fit")
 
 
+def test_an_incomplete_store_is_refused(tmp_path):
+    data = DigitsDataModule()
+    items = data.map_dataset()
+    key = MapKey(dataset=data.name, split=MAP_SPLIT, preprocessing=data.preprocessing(), explainer="ig",
+                 options={}, target="label", model="0" * 64)
+    store = MapStore.create(tmp_path, key, n=len(items), map_shape=(1, 32, 32))
+    store.write(np.arange(100), torch.zeros(100, 1, 32, 32))
+    with pytest.raises(MapStoreError, match=f"incomplete: {len(items) - 100} of {len(items)} maps"):
+        DigitsDataModule(maps=str(store.path)).check_data("fit")
+
+
 def test_a_store_of_another_digits_split_is_refused(tmp_path):
     store = image_store(tmp_path, DigitsDataModule(seed=0))
     with pytest.raises(MapStoreError, match="another preprocessing"):
