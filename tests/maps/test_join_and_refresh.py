@@ -116,3 +116,27 @@ def test_refresh_rewrites_the_rows_from_the_model_being_trained(tmp_path):
     corr = float(trainer.callback_metrics["maps/rank_correlation"])
     assert change > 0 and -1.0 <= corr < 1.0
     assert refresh.due(1) and not refresh.due(0)
+
+
+@pytest.mark.ddp
+def test_refresh_on_two_ddp_processes_rewrites_every_row(tmp_path):
+    """Sharded over 2 gloo ranks and gathered: every row of the store is rewritten from the trained model."""
+    torch.manual_seed(0)
+    module = ClassifierModule(backbone="lenet5", num_classes=10, in_chans=1, input_size=32, lr=0.01)
+    plain = DigitsDataModule(batch_size=128)
+    quiet = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False)
+    folder = run_map_pass(L.Trainer(devices=1, **quiet), module, plain,
+                          MapPassOptions(method="ig", options={"n_steps": 2}, dir=str(tmp_path), batch_size=100))
+    data = DigitsDataModule(batch_size=128, maps=str(folder))
+    trainer = L.Trainer(devices=2, strategy="ddp_spawn", max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+                        callbacks=[MapRefresh(every_n_epochs=1, warmup_epochs=0, batch_size=100)], **quiet)
+    trainer.fit(module, datamodule=data)
+    store = MapStore.open(folder)
+    assert store.manifest["refreshes"] == 1 and store.manifest["refreshing"] is False
+    items = plain.map_dataset()
+    rows = list(range(0, 1437, 53))  # from both ranks' shards (batches of 100 alternate between ranks)
+    x = torch.stack([items[i][0] for i in rows])
+    y = torch.tensor([items[i][1] for i in rows])
+    expected = attribute("ig", module.eval(), x, y, n_steps=2).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(store.read(rows, normalisation="none"), expected, rtol=1e-4, atol=1e-6)
