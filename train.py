@@ -249,7 +249,7 @@ class ImpactxCLI(LightningCLI):
 
     def _map_batch_size(self) -> int:
         options = self._get(self.config, "maps")
-        return int(getattr(options, "batch_size", None) or (options or {}).get("batch_size", 64)) if options else 64
+        return 64 if options is None else int(options.batch_size)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         stage = {"maps": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage

@@ -220,11 +220,17 @@ def gaussian_blur(
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).view(batch, channels, height, width)
 
 
+def _hash_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and raw bytes (as on the CPU) into a ``hashlib`` object."""
+    value = tensor.detach()
+    digest.update(f"{value.dtype}|{tuple(value.shape)}|".encode())
+    digest.update(value.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+
 def tensor_digest(tensor: torch.Tensor) -> str:
     """A sha256 hex digest of a tensor's dtype, shape and values (the same on every device)."""
-    value = tensor.detach()
-    digest = hashlib.sha256(f"{value.dtype}|{tuple(value.shape)}|".encode())
-    digest.update(value.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest = hashlib.sha256()
+    _hash_tensor(digest, tensor)
     return digest.hexdigest()
 
 
@@ -235,11 +241,9 @@ def weights_fingerprint(module: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for name, value in module.state_dict().items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        value = value.detach()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{name}|".encode())
+            _hash_tensor(digest, value)
     return digest.hexdigest()
 
 

@@ -115,8 +115,6 @@ class BackgroundSet:
         if fixed is None:
             return None
         cast = self._cast
-        if cast is None or cast.device != inputs.device or cast.dtype != inputs.dtype:
-            cast = self._cast = background_like(fixed, inputs)
-        elif cast.shape[1:] != inputs.shape[1:]:
-            background_like(fixed, inputs)  # raises the shape error
+        if cast is None or (cast.device, cast.dtype, cast.shape[1:]) != (inputs.device, inputs.dtype, inputs.shape[1:]):
+            cast = self._cast = background_like(fixed, inputs)  # checks the image shape
         return cast

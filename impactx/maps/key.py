@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from impactx.core import tensor_digest
+
 TARGET_RULES: tuple[str, ...] = ("label",)
 """Which class each map explains: ``"label"``, the true class (IMPACTX 3.3: "the true class attribution map")."""
 
@@ -30,8 +32,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     if isinstance(value, torch.Tensor):
-        data = value.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes()
-        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": hashlib.sha256(data).hexdigest()}
+        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha256": tensor_digest(value)}
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)

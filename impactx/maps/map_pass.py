@@ -10,7 +10,6 @@ another number of devices, gives bitwise the same maps as one uninterrupted pass
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,9 +124,8 @@ def map_explainer(key: MapKey, dataset: Dataset) -> MapSource:
     described = options.get(BACKGROUND)
     if isinstance(described, dict) and set(described) == {"split", "size", "seed"}:
         options[BACKGROUND] = materialise_background(dataset, described["size"], MAP_SPLIT, described["seed"])
-    spec = ExplainerSpec(key.explainer, {})
     explainer = create_explainer(key.explainer, **options)
-    return MapSource(key.explainer, spec.needs_gradients, explainer, reduce_channels=True)
+    return MapSource(key.explainer, explainer.needs_gradients, explainer, reduce_channels=True)
 
 
 def map_key(datamodule: Any, model: nn.Module, options: MapPassOptions, precision: str = "32-true") -> MapKey:
@@ -163,11 +161,6 @@ class MapPassModule(L.LightningModule):
         self.source = map_explainer(key, dataset)
         self.store: MapStore | None = None
         self.batches: list[np.ndarray] = []
-        self.explainer_calls = 0
-        self._start = 0.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
 
     def setup(self, stage: str) -> None:
         image_shape = tuple(self.dataset[0][0].shape)
@@ -187,12 +180,8 @@ class MapPassModule(L.LightningModule):
         return DataLoader(BatchDataset(self.dataset, batches), batch_size=None, shuffle=False,
                           num_workers=workers, persistent_workers=False)
 
-    def on_predict_start(self) -> None:
-        self._start = time.perf_counter()
-
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels, index = batch
-        self.explainer_calls += 1
         return {"index": index, "maps": self.source(self.model, images, labels)}
 
 

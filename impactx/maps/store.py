@@ -207,11 +207,17 @@ class MapStore:
         return np.flatnonzero(np.asarray(self.done) == 0)
 
     # ------------------------------------------------------------------ writing
+    @staticmethod
+    def _rows(indices: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
+        """Row indices as a flat int64 numpy array (from a tensor on any device, an array or a sequence)."""
+        values = indices.cpu() if isinstance(indices, torch.Tensor) else indices
+        return np.asarray(values, dtype=np.int64).reshape(-1)
+
     def write(self, indices: torch.Tensor | np.ndarray, maps: torch.Tensor | np.ndarray) -> None:
         """Write ``maps [B,1,H,W]`` into rows ``indices [B]``: values, flush, then the done flags, flush."""
         if not self.writable:
             raise MapStoreError(f"map store {self.path} was opened read-only")
-        idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        idx = self._rows(indices)
         values = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
         if values.shape != (idx.shape[0], *self.map_shape):
             raise MapStoreError(
@@ -240,7 +246,7 @@ class MapStore:
     # ------------------------------------------------------------------ reading
     def read(self, indices: torch.Tensor | np.ndarray | Sequence[int], normalisation: Normalisation = "max_abs") -> torch.Tensor:
         """Rows ``indices`` as a float32 tensor ``[B,1,H,W]``, normalised (:func:`normalise_maps`)."""
-        idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64).reshape(-1)
+        idx = self._rows(indices)
         rows = torch.from_numpy(np.array(self.maps[idx], dtype=np.float32))
         return normalise_maps(rows, normalisation)
 
