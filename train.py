@@ -1,10 +1,11 @@
 """impactx's entry point.
 
     python train.py                                   # the default experiment: fit, then test (configs/default.yaml)
-    python train.py fit --config configs/cifar10_lenet5.yaml
+    python train.py fit --config configs/cifar10_lenet5_baseline.yaml
     python train.py test --config configs/default.yaml --ckpt_path logs/.../best.ckpt
     python train.py fit --config configs/default.yaml --print_config   # the resolved config
     python train.py maps --config configs/default.yaml --ckpt_path logs/.../best.ckpt --maps.dir maps
+    python train.py run --config configs/cifar10_lenet5_impactx.yaml  # every step of an experiment, resumable
     python train.py --help
 
 A LightningCLI: every constructor argument of the model, the data module, the trainer and its callbacks
@@ -27,15 +28,14 @@ import os
 import re
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -44,11 +44,12 @@ from impactx.maps import MapStoreError
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.progress import MapPassProgressBar
 from impactx.models import PretrainedWeightsError
+from runs import ExperimentRunner, RunOptions
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "maps")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "maps", "run")
 DEBUG_VARIABLES = ("IMPACTX_DEBUG", "JSONARGPARSE_DEBUG")
 
 
@@ -73,7 +74,22 @@ REJECTED_VALUE_ERRORS = (ValueError, TypeError, MisconfigurationException)
 
 
 class ImpactxTrainer(Trainer):
-    """Lightning's Trainer plus the ``maps`` subcommand."""
+    """Lightning's Trainer plus the ``maps`` and ``run`` subcommands."""
+
+    def run(self, model: Any, datamodule: Any = None, run: RunOptions | None = None) -> dict[str, Any]:
+        """Every step of the configured experiment, resumable, ending in ``results.json`` (see :mod:`runs`).
+
+        Baseline and ABN: fit, test. Two-stage IMPACTX: fit A (stage 1), the map pass, fit LEP, D and C with M
+        frozen (stage 2), test both. Single-stage IMPACTX: the map pass of the initial model, one fit with the
+        store refreshed every ``refresh_every`` epochs, test. Each step builds its own trainer from the
+        ``--trainer.*`` configuration, so this method only runs through ``python train.py run``.
+
+        Args:
+            model: the configured module (its class and hyperparameters choose the method).
+            datamodule: the configured data module.
+            run: what is evaluated at the end and where the run is kept (``--run.*``).
+        """
+        raise RuntimeError("Trainer.run is the `python train.py run` subcommand; it needs the CLI's configuration")
 
     def maps(
         self,
@@ -227,7 +243,7 @@ class ImpactxCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "maps": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "maps": {"model", "datamodule"}, "run": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -237,8 +253,9 @@ class ImpactxCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
         """Add a rich progress bar unless the config disables the bar or brings its own."""
         configured = [*(config.get("callbacks") or []), *callbacks]
-        if self.subcommand == "maps":
+        if self.subcommand in ("maps", "run"):
             # A map pass is a precompute, not an experiment: no logger, no run folder; images/s on the bar.
+            # `run` builds a trainer per step (stage_trainer); this one only carries the configuration.
             config = {**config, "logger": False}
             self.save_config_callback = None  # nor a config.yaml in the log folder
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
@@ -252,7 +269,7 @@ class ImpactxCLI(LightningCLI):
         return 64 if options is None else int(options.batch_size)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        stage = {"maps": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage
+        stage = {"maps": "fit", "run": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage
         if stage is not None:
             self.check_inputs(stage)
         return super().instantiate_trainer(**kwargs)
@@ -303,6 +320,77 @@ class ImpactxCLI(LightningCLI):
         with self.removing_folders_if_failed_early():
             super()._run_subcommand(subcommand)
 
+    # ------------------------------------------------------------------------------ `run`: the experiment
+    def run(self, model: Any, datamodule: Any = None, run: RunOptions | None = None) -> dict[str, Any]:
+        """The ``run`` subcommand (see :meth:`ImpactxTrainer.run`); its results stay in :attr:`run_results`."""
+        options = run or RunOptions()
+        seed = self._get(self.config, "seed_everything")
+        seed = 0 if seed is None or seed is True else int(seed)
+        experiment = self._experiment_name()
+        run_dir = Path(options.dir) if options.dir else Path(self.trainer.default_root_dir) / experiment / f"seed{seed}"
+        runner = ExperimentRunner(self.stage_trainer, model, datamodule, options, run_dir, experiment, seed)
+        self.run_results = runner.run()
+        return self.run_results
+
+    def _experiment_name(self) -> str:
+        for logger in self._logger_configs():
+            name = (logger.get("init_args") or {}).get("name")
+            if name:
+                return str(name)
+        return type(self.model).__name__
+
+    def _logger_configs(self) -> list[dict[str, Any]]:
+        loggers = (self._get(self.config, "trainer") or {}).get("logger")
+        if loggers is None or isinstance(loggers, bool):
+            return []
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        return [lg.as_dict() if hasattr(lg, "as_dict") else dict(lg) for lg in loggers]
+
+    def stage_trainer(self, stage: str, *, max_epochs: int | None = None, callbacks: Any = (),
+                      checkpoint_dir: Path | None = None, log: bool = True) -> Trainer:
+        """A fresh trainer for one step of ``run``, from the ``--trainer.*`` configuration: its loggers with the
+        step in their version (CSV, TensorBoard: ``<name>/seed<seed>-<stage>``) or run name (W&B:
+        ``<name>-seed<seed>-<stage>``, grouped by ``<name>-seed<seed>``), its callbacks new, ``ModelCheckpoint``
+        writing into ``checkpoint_dir`` (dropped when ``None``)."""
+        seed = self._get(self.config, "seed_everything")
+        run_id = f"seed{0 if seed is None or seed is True else int(seed)}"
+        trainer_config = self._get(self.config, "trainer")
+        kwargs = {k: v for k, v in self._get(self.config_init, "trainer").items() if k not in ("logger", "callbacks")}
+        loggers = []
+        for config in self._logger_configs() if log else []:
+            init_args = dict(config.get("init_args") or {})
+            if config["class_path"].endswith("WandbLogger"):
+                name = init_args.get("name") or "run"
+                init_args.update(name=f"{name}-{run_id}-{stage}", group=f"{name}-{run_id}")
+            else:
+                init_args["version"] = f"{run_id}-{stage}"
+            loggers.append(instantiate_class((), {"class_path": config["class_path"], "init_args": init_args}))
+        stage_callbacks = []
+        configured = trainer_config.get("callbacks") or []
+        for config in configured if isinstance(configured, list) else [configured]:
+            config = config.as_dict() if hasattr(config, "as_dict") else dict(config)
+            callback = instantiate_class((), config)
+            if isinstance(callback, ModelCheckpoint):
+                if checkpoint_dir is None:
+                    continue
+                init_args = {**(config.get("init_args") or {}), "dirpath": str(checkpoint_dir)}
+                callback = instantiate_class((), {"class_path": config["class_path"], "init_args": init_args})
+            stage_callbacks.append(callback)
+        stage_callbacks += list(callbacks)
+        if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in stage_callbacks):
+            stage_callbacks.append(MapPassProgressBar(self._model_hparam("target_batch_size", 64)) if stage == "maps"
+                                   else RichProgressBar())
+        kwargs.update(logger=loggers or False, callbacks=[*stage_callbacks, self.first_step],
+                      enable_checkpointing=checkpoint_dir is not None)
+        if max_epochs is not None:
+            kwargs["max_epochs"] = max_epochs
+        if stage.startswith("test"):
+            kwargs["inference_mode"] = False  # gradient reference explainers (ig, eg) at evaluation
+        return ImpactxTrainer(**kwargs)
+
+    def _model_hparam(self, name: str, default: Any) -> Any:
+        return getattr(self.model, "hparams", {}).get(name, default)
+
 
 def make_cli(
     args: list[str] | None = None,
@@ -334,30 +422,38 @@ def make_cli(
     )
 
 
-def run_default(extra_args: list[str] | None = None) -> dict[str, object]:
-    """Fit the default experiment, test the best checkpoint, print and return a short summary.
+def run_default(extra_args: list[str] | None = None) -> dict[str, Any]:
+    """The default experiment (``configs/default.yaml``: two-stage IMPACTX, LeNet-5, digits) through ``run``;
+    prints and returns its results. ``extra_args`` (``None``: the command line) go on top of base.yaml and
+    default.yaml."""
+    args = list(sys.argv[1:] if extra_args is None else extra_args)
+    cli = make_cli(["run", *args], default_configs=(BASE_CONFIG, DEFAULT_CONFIG))
+    results = cli.run_results
+    if cli.trainer.is_global_zero:
+        print(summary_text(results))
+    return results
 
-    ``extra_args`` (``None``: the command line) go on top of base.yaml and default.yaml.
-    """
-    start = time.perf_counter()
-    cli = make_cli(extra_args, run=False, default_configs=(BASE_CONFIG, DEFAULT_CONFIG), check_stage="fit")
-    trainer = cli.trainer
-    with cli.removing_folders_if_failed_early():
-        trainer.fit(cli.model, datamodule=cli.datamodule)
-        checkpoint = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)
-    summary = {
-        "test_acc": float(results[0]["test/acc"]) if results else float("nan"),
-        "checkpoint": checkpoint,
-        "log_dir": trainer.log_dir,
-        "wall_s": time.perf_counter() - start,
-    }
-    if trainer.is_global_zero:
-        print(
-            f"\nimpactx default experiment: test accuracy {summary['test_acc']:.4f} "
-            f"in {summary['wall_s']:.0f} s\n  checkpoint: {summary['checkpoint']}\n  logs:       {summary['log_dir']}"
-        )
-    return summary
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def summary_text(results: dict[str, Any]) -> str:
+    """The default experiment's summary: accuracies, the decoder's map error, MoRF AOPC of each map source."""
+    lines = [f"\nimpactx {results['experiment']} ({results['method']}, {results['backbone']} on {results['dataset']}, "
+             f"seed {results['seed']}) in {results['wall_s']:.0f} s"]
+    if results.get("stage1_test_acc") is not None:
+        lines.append(f"  baseline A (stage 1) test accuracy: {_percent(results['stage1_test_acc'])}")
+    lines.append(f"  {results['method']} test accuracy: {_percent(results['test_acc'])}")
+    if results.get("map_mse") is not None:
+        lines.append(f"  decoder maps' MSE to the target maps (test set): {results['map_mse']:.4f}")
+    aopc = results.get("morf_aopc") or {}
+    if aopc:
+        names = {"self": "the model's own maps", "random": "random maps"}
+        lines.append("  MoRF AOPC (higher: the map finds what the decision rests on):")
+        lines += [f"    {names.get(k, k + ' on the same model')}: {v:.4f}" for k, v in aopc.items()]
+    lines.append(f"  checkpoint: {results['checkpoint']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

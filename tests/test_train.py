@@ -74,7 +74,7 @@ def test_every_experiment_builds_on_the_base_config(config: Path, tmp_path, monk
 
 def test_base_config_given_twice_changes_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    config = ROOT / "configs" / "cifar10_lenet5.yaml"
+    config = ROOT / "configs" / "cifar10_lenet5_baseline.yaml"
     implicit = train.make_cli(["--config", str(config)], run=False).config
     explicit = train.make_cli(["--config", str(BASE), "--config", str(config)], run=False).config
     implicit.pop("config"), explicit.pop("config")
@@ -115,7 +115,7 @@ def _tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-DEFAULT_FIT = ["fit", "--config", str(ROOT / "configs/default.yaml")]
+DEFAULT_FIT = ["fit", "--config", str(ROOT / "configs/digits_baseline.yaml")]
 SHORT_RUN = [
     "--trainer.max_epochs=1",
     "--trainer.limit_train_batches=2",
@@ -166,10 +166,10 @@ def test_value_rejected_by_the_data_module_leaves_no_folder(tmp_path) -> None:
 
 def test_missing_cifar10_folder_prints_impactx_message_only(tmp_path) -> None:
     nowhere = tmp_path / "nowhere"
-    config = str(ROOT / "configs/cifar10_lenet5.yaml")
+    config = str(ROOT / "configs/cifar10_lenet5_baseline.yaml")
     result = _run_cli(["fit", "--config", config, "--data.init_args.data_dir", str(nowhere)], tmp_path)
     _assert_one_message(result, 1, f"error: CIFAR-10 data set not found in data_dir='{nowhere}'", "To fix:")
-    assert _tree(tmp_path) == set()  # no logs/cifar10_lenet5/version_0, no logs/wandb/offline-run-*
+    assert _tree(tmp_path) == set()  # no logs/cifar10_lenet5_baseline/version_0, no logs/wandb/offline-run-*
 
 
 def test_missing_checkpoint_file_prints_one_message(tmp_path) -> None:
@@ -192,7 +192,7 @@ def test_plain_fit_and_a_run_failing_before_its_first_step(tmp_path) -> None:
     result = _run_cli([*DEFAULT_FIT, *SHORT_RUN], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "args parameter" not in result.stderr and "sys.argv" not in result.stderr
-    assert (tmp_path / "logs/default/version_0/metrics.csv").is_file()
+    assert (tmp_path / "logs/digits_baseline/version_0/metrics.csv").is_file()
     (wandb_run,) = (tmp_path / "logs/wandb").glob("offline-run-*")
     before = _tree(tmp_path)
 
@@ -223,20 +223,20 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path) -> None:
     """Lightning DDP on CPU (2 processes, gloo): fit and test through the real CLI."""
     result = _run_cli(
         [
-            "fit", "--config", str(ROOT / "configs/default.yaml"),
+            "fit", "--config", str(ROOT / "configs/digits_baseline.yaml"),
             "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
             "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
         ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoints = list((tmp_path / "logs" / "default").glob("version_*/checkpoints/last.ckpt"))
+    checkpoints = list((tmp_path / "logs" / "digits_baseline").glob("version_*/checkpoints/last.ckpt"))
     assert len(checkpoints) == 1
     state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] > 0
 
 
-MAPS = ["maps", "--config", str(ROOT / "configs/default.yaml"), "--trainer.enable_progress_bar=false",
+MAPS = ["maps", "--config", str(ROOT / "configs/digits_baseline.yaml"), "--trainer.enable_progress_bar=false",
         "--maps.method=ig", "--maps.options={n_steps: 2}", "--maps.batch_size=256"]
 
 
@@ -247,7 +247,7 @@ def test_maps_subcommand_one_process_then_ddp(tmp_path) -> None:
 
     fit = _run_cli([*DEFAULT_FIT, *SHORT_RUN], tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    (ckpt,) = (tmp_path / "logs/default/version_0/checkpoints").glob("last.ckpt")
+    (ckpt,) = (tmp_path / "logs/digits_baseline/version_0/checkpoints").glob("last.ckpt")
     logs_before = _tree(tmp_path / "logs")
     one = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.dir", "one"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
