@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
@@ -49,6 +51,10 @@ from runs import ExperimentRunner, RunOptions
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
+# Dataclass options of the impactx subcommands: `--maps.<field> V` / `--run.<field>=V` are merged into one
+# `--maps={field: V, ...}` before parsing (jsonargparse 4.53 under LightningCLI keeps only the last nested key of an
+# optional dataclass), and the dict is turned into the dataclass by `options_from`.
+OPTION_GROUPS = {"maps": MapPassOptions, "run": RunOptions}
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "maps", "run")
 DEBUG_VARIABLES = ("IMPACTX_DEBUG", "JSONARGPARSE_DEBUG")
 
@@ -108,7 +114,43 @@ class ImpactxTrainer(Trainer):
         """
         if ckpt_path is None:
             raise CommandLineError("maps needs --ckpt_path: the checkpoint of the model whose maps to compute", 2)
-        return run_map_pass(self, model, datamodule, maps or MapPassOptions(), ckpt_path)
+        return run_map_pass(self, model, datamodule, options_from("maps", maps), ckpt_path)
+
+
+def merge_option_groups(args: list[str]) -> list[str]:
+    """``args`` with every ``--maps.<field>`` / ``--run.<field>`` (``=V`` or `` V``) merged into one
+    ``--maps=<YAML dict>`` / ``--run=<YAML dict>`` after the other arguments (later values win)."""
+    merged: dict[str, dict[str, Any]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        group = next((g for g in OPTION_GROUPS if arg.startswith(f"--{g}.")), None)
+        if group is None:
+            rest.append(arg)
+            i += 1
+            continue
+        key, has_value, value = arg[len(group) + 3:].partition("=")
+        if not has_value:
+            if i + 1 >= len(args):
+                raise CommandLineError(f"{arg} expects a value", 2)
+            value, i = args[i + 1], i + 1
+        merged.setdefault(group, {})[key] = yaml.safe_load(value)
+        i += 1
+    return [*rest, *(f"--{g}={json.dumps(v)}" for g, v in merged.items())]
+
+
+def options_from(group: str, value: Any) -> Any:
+    """The ``OPTION_GROUPS[group]`` dataclass from the parsed value (``None``, a dict, or already the dataclass)."""
+    cls = OPTION_GROUPS[group]
+    if value is None or isinstance(value, cls):
+        return value or cls()
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    try:
+        return cls(**dict(value))
+    except (TypeError, ValueError) as error:
+        raise CommandLineError(f"--{group}: {error}", 2) from None
 
 
 def debug_requested() -> bool:
@@ -265,8 +307,7 @@ class ImpactxCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, self.first_step])
 
     def _map_batch_size(self) -> int:
-        options = self._get(self.config, "maps")
-        return 64 if options is None else int(options.batch_size)
+        return int(options_from("maps", self._get(self.config, "maps")).batch_size)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         stage = {"maps": "fit", "run": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage
@@ -323,10 +364,10 @@ class ImpactxCLI(LightningCLI):
     # ------------------------------------------------------------------------------ `run`: the experiment
     def run(self, model: Any, datamodule: Any = None, run: RunOptions | None = None) -> dict[str, Any]:
         """The ``run`` subcommand (see :meth:`ImpactxTrainer.run`); its results stay in :attr:`run_results`."""
-        options = run or RunOptions()
+        options = options_from("run", run)
         seed = self._get(self.config, "seed_everything")
         seed = 0 if seed is None or seed is True else int(seed)
-        experiment = self._experiment_name()
+        experiment = options.name or self._experiment_name()
         run_dir = Path(options.dir) if options.dir else Path(self.trainer.default_root_dir) / experiment / f"seed{seed}"
         runner = ExperimentRunner(self.stage_trainer, model, datamodule, options, run_dir, experiment, seed)
         self.run_results = runner.run()
@@ -402,6 +443,7 @@ def make_cli(
 
     With ``run=False`` nothing runs and, unless ``check_stage`` names a stage, no data are read.
     """
+    args = merge_option_groups(list(sys.argv[1:] if args is None else args))
     parser_kwargs: dict[str, Any] = {
         "default_config_files": [glob.escape(str(p)) for p in default_configs],
         "exit_on_error": False,  # main() prints the parser's message without the usage screen

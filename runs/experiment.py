@@ -56,6 +56,7 @@ class RunOptions:
     """What ``python train.py run`` evaluates at the end and where it keeps the run (``--run.*``).
 
     Attributes:
+        name: the experiment's name (``None``: the first logger's ``name``); names the run folder and results.
         dir: the run folder (``None``: ``<default_root_dir>/<experiment>/seed<seed>``).
         eval_images: test images whose MoRF curves score the model's own maps (IMPACTX, ABN), the reference
             explainer's maps on the same model and random maps (0: no evaluation).
@@ -65,6 +66,7 @@ class RunOptions:
         map_error_images: IMPACTX: test images on which the decoder's maps are compared with target maps (0: none).
     """
 
+    name: str | None = None
     dir: str | None = None
     eval_images: int = 128
     eval_explainer: dict[str, dict[str, Any]] | None = None

@@ -86,17 +86,26 @@ def test_base_config_given_twice_changes_nothing(tmp_path, monkeypatch) -> None:
 
 
 def test_default_experiment_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    """A bare `python train.py` is two-stage IMPACTX on digits: it prints both accuracies, the map error and the MoRF
+    AOPC of IMPACTX's maps, Partition SHAP and random maps (here with short stages and few evaluations)."""
     monkeypatch.chdir(tmp_path)
-    summary = train.run_default(["--trainer.max_epochs=3", "--trainer.enable_progress_bar=false"])
-    assert summary["test_acc"] > 0.85, summary
+    summary = train.run_default([
+        "--trainer.max_epochs=3", "--model.init_args.stage1_epochs=3", "--trainer.enable_progress_bar=false",
+        "--model.init_args.target_options={max_evals: 32}", "--run.eval_images=32", "--run.gallery_images=2",
+        "--run.map_error_images=32", "--run.eval_explainer={partition: {max_evals: 32}}",
+    ])
+    assert summary["method"] == "impactx" and summary["test_acc"] > 0.8 and summary["stage1_test_acc"] > 0.8, summary
     assert Path(summary["checkpoint"]).is_file()
     out = capsys.readouterr().out
-    assert "test accuracy" in out and str(summary["checkpoint"]) in out
-    assert (tmp_path / summary["log_dir"] / "metrics.csv").is_file()
-    # The checkpoint describes itself: it rebuilds the model without the config.
-    from impactx.modules import ClassifierModule
+    for text in ("baseline A (stage 1) test accuracy", "impactx test accuracy", "decoder maps' MSE",
+                 "the model's own maps", "partition on the same model", "random maps", str(summary["checkpoint"])):
+        assert text in out
+    assert (tmp_path / "logs/default/seed0-stage2/metrics.csv").is_file()
+    assert list((tmp_path / "logs/default/seed0-test").glob("explanation_gallery_*.png"))
+    # The checkpoint describes itself: it rebuilds the model without the config (or the stage-1 file).
+    from impactx.modules import ImpactxModule
 
-    restored = ClassifierModule.load_from_checkpoint(summary["checkpoint"], map_location="cpu")
+    restored = ImpactxModule.load_from_checkpoint(summary["checkpoint"], map_location="cpu", stage1_checkpoint=None)
     assert restored.hparams.backbone == "lenet5" and restored.hparams.num_classes == 10
 
 

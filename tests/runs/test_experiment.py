@@ -1,0 +1,120 @@
+"""``python train.py run``: every step of two-stage IMPACTX, resumed after a crash; the same stage-2 weights
+from 2 DDP processes as from one on the same global batch; the other methods' runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("impactx_train_script_runs", ROOT / "train.py")
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+
+CHEAP = [
+    "--trainer.max_epochs=3", "--model.init_args.stage1_epochs=2", "--trainer.enable_progress_bar=false",
+    "--model.init_args.target_options={max_evals: 32}", "--run.eval_images=16", "--run.gallery_images=0",
+    "--run.map_error_images=32", "--run.eval_explainer={partition: {max_evals: 32}}",
+]
+
+
+@pytest.fixture(autouse=True)
+def _plain_command_line(monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
+def _run(args: list[str]):
+    return train.make_cli(["run", "--config", str(ROOT / "configs/default.yaml"), *CHEAP, *args])
+
+
+def test_two_stage_run_resumes_after_a_crash_in_stage_2(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMPACTX_CRASH", "1")
+    crash = ["--trainer.callbacks+=run_helpers.CrashInStage2"]
+    with pytest.raises(RuntimeError, match="crash requested"):
+        _run(crash)
+    run_dir = tmp_path / "logs/default/seed0"
+    stage1 = run_dir / "stage1.ckpt"
+    assert stage1.is_file() and (run_dir / "maps.json").is_file()
+    assert (run_dir / "stage2/last.ckpt").is_file() and not (run_dir / "stage2.ckpt").exists()
+    stage1_time = stage1.stat().st_mtime_ns
+    store = Path(json.loads((run_dir / "maps.json").read_text())["store"])
+    store_time = (store / "maps.npy").stat().st_mtime_ns
+    capsys.readouterr()
+
+    monkeypatch.delenv("IMPACTX_CRASH")
+    results = _run(crash).run_results
+    out = capsys.readouterr().out
+    assert "stage1: logs/default/seed0/stage1.ckpt exists, not retrained" in out
+    assert "is complete, not recomputed" in out
+    assert "stage2: fitting ImpactxModule, resuming logs/default/seed0/stage2/last.ckpt" in out
+    assert stage1.stat().st_mtime_ns == stage1_time and (store / "maps.npy").stat().st_mtime_ns == store_time
+    resumed = torch.load(run_dir / "stage2.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["epoch"] <= 2 and resumed["global_step"] > 0
+
+    written = json.loads((run_dir / "results.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    assert written["method"] == "impactx" and written["dataset"] == "digits" and written["backbone"] == "lenet5"
+    assert 0.5 < written["test_acc"] <= 1 and 0.5 < written["stage1_test_acc"] <= 1
+    assert 0 < written["map_mse"] < 1
+    assert set(written["morf_aopc"]) == {"self", "partition", "random"}
+
+    # a third run recomputes nothing
+    again = _run([]).run_results
+    out = capsys.readouterr().out
+    assert "stage2: logs/default/seed0/stage2.ckpt exists, not retrained" in out
+    assert again["test_acc"] == pytest.approx(results["test_acc"])
+
+
+@pytest.mark.parametrize("config", ["digits_baseline", "digits_abn"])
+def test_one_fit_methods_write_results(config, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = train.make_cli(["run", "--config", str(ROOT / f"configs/{config}.yaml"), "--trainer.max_epochs=2",
+                          "--trainer.enable_progress_bar=false", "--run.eval_images=16", "--run.gallery_images=2",
+                          "--run.eval_explainer={partition: {max_evals: 32}}"])
+    results = json.loads((tmp_path / f"logs/{config}/seed0/results.json").read_text())
+    assert results["method"] == config.split("_")[1] and results["test_acc"] == cli.run_results["test_acc"]
+    assert (tmp_path / f"logs/{config}/seed0/fit.ckpt").is_file()
+    expected = {"partition", "random"} | ({"self"} if config == "digits_abn" else set())
+    assert set(results["morf_aopc"]) == expected
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_stage_under_ddp_gives_the_weights_of_one_process(tmp_path) -> None:
+    """Full-batch steps (1278 training images: one batch of 1278, or 639 per rank), no augmentation, SGD: the
+    global batch is the same, so stage 1, the map pass and stage 2 must give the same weights."""
+    common = [
+        "run", "--config", str(ROOT / "configs/default.yaml"), "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=3", "--model.init_args.stage1_epochs=2", "--trainer.enable_progress_bar=false",
+        "--data.init_args.val_fraction=0.11", "--data.init_args.augment=false", "--model.init_args.optimizer=sgd",
+        "--model.init_args.lr=0.05", "--model.init_args.stage1_lr=0.05", "--model.init_args.target_method=ig",
+        "--model.init_args.target_options={n_steps: 4}", "--run.eval_images=0", "--run.gallery_images=0",
+        "--run.map_error_images=0", "--trainer.limit_val_batches=0",
+    ]
+    one = _cli([*common, "--data.init_args.batch_size=1278", "--trainer.devices=1"], tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli([*common, "--data.init_args.batch_size=639", "--trainer.devices=2", "--trainer.strategy=ddp"],
+               tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    weights = [torch.load(tmp_path / run / "logs/default/seed0/stage2.ckpt", map_location="cpu",
+                          weights_only=True)["state_dict"] for run in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5, msg=key)
+    stage1 = [json.loads((tmp_path / run / "logs/default/seed0/results.json").read_text()) for run in ("one", "two")]
+    assert stage1[0]["stage1_test_acc"] == pytest.approx(stage1[1]["stage1_test_acc"], abs=1e-6)
+    moved = [k for k in weights[0] if "net.lep.fc" in k]
+    assert moved  # stage 2 trained LEP's layer (checked against the stage-1 start in the module tests)
