@@ -443,7 +443,10 @@ def make_cli(
 
     With ``run=False`` nothing runs and, unless ``check_stage`` names a stage, no data are read.
     """
-    args = merge_option_groups(list(sys.argv[1:] if args is None else args))
+    if args is None:  # LightningCLI reads sys.argv itself (and warns when given both): merge there
+        sys.argv[1:] = merge_option_groups(sys.argv[1:])
+    else:
+        args = merge_option_groups(list(args))
     parser_kwargs: dict[str, Any] = {
         "default_config_files": [glob.escape(str(p)) for p in default_configs],
         "exit_on_error": False,  # main() prints the parser's message without the usage screen

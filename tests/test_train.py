@@ -274,3 +274,18 @@ def test_maps_subcommand_one_process_then_ddp(tmp_path) -> None:
     _assert_one_message(missing, 2, "maps needs --ckpt_path")
     bad = _run_cli([*MAPS, "--ckpt_path", str(ckpt), "--maps.method=nosuch"], tmp_path)
     _assert_one_message(bad, 2, "unknown explainer 'nosuch'")
+
+
+def test_option_groups_are_merged_into_one_dataclass_value() -> None:
+    args = ["run", "--config", "c.yaml", "--run.eval_images=3", "--run.eval_explainer", "{partition: {max_evals: 8}}",
+            "--maps.batch_size", "5", "--trainer.max_epochs=2", "--run.eval_images=4"]
+    merged = train.merge_option_groups(args)
+    assert merged[:4] == ["run", "--config", "c.yaml", "--trainer.max_epochs=2"]
+    assert not [a for a in merged if a.startswith(("--run.", "--maps."))] and len(merged) == 6
+    run = train.options_from("run", __import__("json").loads(next(a for a in merged if a.startswith("--run="))[6:]))
+    assert run.eval_images == 4 and run.eval_explainer == {"partition": {"max_evals": 8}}
+    assert train.options_from("maps", {"batch_size": 5}).batch_size == 5
+    with pytest.raises(train.CommandLineError, match="--run: .*unexpected keyword argument 'nosuch'"):
+        train.options_from("run", {"nosuch": 1})
+    with pytest.raises(train.CommandLineError, match="--run: run.eval_images must be"):
+        train.options_from("run", {"eval_images": -1})

@@ -104,6 +104,8 @@ def test_two_stage_under_ddp_gives_the_weights_of_one_process(tmp_path) -> None:
         "--model.init_args.target_options={n_steps: 4}", "--run.eval_images=0", "--run.gallery_images=0",
         "--run.map_error_images=0", "--trainer.limit_val_batches=0",
     ]
+    for run in ("one", "two"):
+        (tmp_path / run).mkdir()
     one = _cli([*common, "--data.init_args.batch_size=1278", "--trainer.devices=1"], tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
     two = _cli([*common, "--data.init_args.batch_size=639", "--trainer.devices=2", "--trainer.strategy=ddp"],
