@@ -365,13 +365,17 @@ class ImpactxCLI(LightningCLI):
     def run(self, model: Any, datamodule: Any = None, run: RunOptions | None = None) -> dict[str, Any]:
         """The ``run`` subcommand (see :meth:`ImpactxTrainer.run`); its results stay in :attr:`run_results`."""
         options = options_from("run", run)
-        seed = self._get(self.config, "seed_everything")
-        seed = 0 if seed is None or seed is True else int(seed)
+        seed = self._run_seed()
         experiment = options.name or self._experiment_name()
         run_dir = Path(options.dir) if options.dir else Path(self.trainer.default_root_dir) / experiment / f"seed{seed}"
         runner = ExperimentRunner(self.stage_trainer, model, datamodule, options, run_dir, experiment, seed)
         self.run_results = runner.run()
         return self.run_results
+
+    def _run_seed(self) -> int:
+        """``seed_everything`` as an int (0 when unset or ``true``)."""
+        seed = self._get(self.config, "seed_everything")
+        return 0 if seed is None or seed is True else int(seed)
 
     def _experiment_name(self) -> str:
         for logger in self._logger_configs():
@@ -393,8 +397,7 @@ class ImpactxCLI(LightningCLI):
         step in their version (CSV, TensorBoard: ``<name>/seed<seed>-<stage>``) or run name (W&B:
         ``<name>-seed<seed>-<stage>``, grouped by ``<name>-seed<seed>``), its callbacks new, ``ModelCheckpoint``
         writing into ``checkpoint_dir`` (dropped when ``None``)."""
-        seed = self._get(self.config, "seed_everything")
-        run_id = f"seed{0 if seed is None or seed is True else int(seed)}"
+        run_id = f"seed{self._run_seed()}"
         trainer_config = self._get(self.config, "trainer")
         kwargs = {k: v for k, v in self._get(self.config_init, "trainer").items() if k not in ("logger", "callbacks")}
         loggers = []

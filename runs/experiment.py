@@ -178,9 +178,7 @@ class ExperimentRunner:
             if store.is_complete:
                 self.say(f"maps: {folder} is complete, not recomputed")
                 return folder
-        hp = self.module.hparams
-        options = MapPassOptions(method=hp.target_method, options=hp.target_options, dir=str(self.run_dir / "maps"),
-                                 batch_size=hp.target_batch_size, seed=MAP_PASS_SEED)
+        options = self._target_options()
         trainer = self.make_trainer("maps", log=False)
         self.is_global_zero = trainer.is_global_zero
         start = time.perf_counter()
@@ -205,13 +203,14 @@ class ExperimentRunner:
     def _reference_explainer(self) -> dict[str, dict[str, Any]]:
         if self.options.eval_explainer is not None:
             return dict(self.options.eval_explainer)
-        if isinstance(self.module, ImpactxModule):
-            hp = self.module.hparams
-            options = dict(hp.target_options or {})
-            if hp.target_options is None and hp.target_method in ("partition", "shap_partition"):
-                options["max_evals"] = 2000
-            return {hp.target_method: options}
-        return {"partition": {"max_evals": 2000}}
+        spec = (self._target_options() if isinstance(self.module, ImpactxModule) else MapPassOptions()).spec()
+        return {spec.name: dict(spec.options)}
+
+    def _target_options(self) -> MapPassOptions:
+        """The map pass of IMPACTX's targets, from the module's ``target_*`` hyperparameters."""
+        hp = self.module.hparams
+        return MapPassOptions(method=hp.target_method, options=hp.target_options, dir=str(self.run_dir / "maps"),
+                              batch_size=hp.target_batch_size, seed=MAP_PASS_SEED)
 
     def evaluation_callbacks(self, map_reference: str | None = None, map_errors: bool = False) -> list[Callback]:
         """MoRF of the model's own maps, the reference explainer's and random maps; the gallery; the map MSE."""
