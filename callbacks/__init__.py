@@ -5,6 +5,9 @@
   seeded image subset, logged as synced scalars, a CSV, a PNG of the curves and W&B tables/plots.
 - :class:`ExplanationGallery`: a few fixed images with their maps and per-image MoRF curves (the IMPACTX
   paper's figures 3-5 layout), saved as PNG and logged to W&B.
+- :class:`NoiseRobustness`: test accuracy under Gaussian noise over the whole test split (the DeepPrior-EG paper's
+  figure 6), as ``noise_accuracy.csv``/``.png`` beside other runs' curves; :func:`plot_noise_comparison` merges
+  several runs' CSVs into that figure without a trainer (CLI: ``python -m callbacks.noise_robustness``).
 
 Maps come from :mod:`impactx.attribution.sources`: the configured explainers (specs in
 :mod:`impactx.attribution.specs`) and, for a model that follows the self-explaining protocol
@@ -34,8 +37,20 @@ __all__ = [
     "ExplanationEvaluation",
     "ExplanationGallery",
     "MetricResult",
+    "NoiseRobustness",
     "log_key",
     "plot_curves",
     "plot_gallery",
+    "plot_noise_comparison",
     "subset_positions",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use, not above: ``python -m callbacks.noise_robustness`` imports this package first, and
+    # runpy warns when the module it is about to run is already in sys.modules.
+    if name in ("NoiseRobustness", "plot_noise_comparison"):
+        from callbacks import noise_robustness
+
+        return getattr(noise_robustness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,6 +63,7 @@ METRICS: dict[str, MetricInfo] = {
     "average_drop": MetricInfo(M.AverageDrop, "maps"),
     "increase_in_confidence": MetricInfo(M.IncreaseInConfidence, "maps"),
     "sparseness": MetricInfo(M.Sparseness, "maps_only"),
+    "total_variation": MetricInfo(M.TotalVariation, "maps_only"),
     "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
     "randomisation": MetricInfo(
         M.ModelParameterRandomisation, "explainer", "Model-parameter randomisation", "layers",

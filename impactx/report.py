@@ -1,9 +1,10 @@
 """The paper's Table 2 from finished runs: ``python -m impactx.report LOGS_DIR [--output DIR]``.
 
 Walks ``LOGS_DIR`` recursively for ``results.json`` files (one per finished run, written by
-``python train.py run``), groups them into rows *dataset x backbone* and columns *method*, and prints
-markdown to stdout while writing ``results.md`` and ``results.csv`` into ``--output`` (default
-``LOGS_DIR``), each atomically (a temporary file in the same folder, then :func:`os.replace`).
+``python train.py run``), groups them into rows *dataset x backbone* and columns *method*, adds a
+per-experiment table, and prints markdown to stdout while writing ``results.md``, ``results.csv`` (Table 2)
+and ``results_experiments.csv`` (the per-experiment table) into ``--output`` (default ``LOGS_DIR``), each
+atomically (a temporary file in the same folder, then :func:`os.replace`).
 
 Each accuracy cell is the mean ± sample standard deviation (``ddof=1``) of ``test_acc`` over seeds, in
 percent with two decimals, and ``n``, the number of seeds; the paper's Table 2 number stands in its own
@@ -12,11 +13,28 @@ also carry ``stage1_test_acc``, the classifier A trained as stage 1 inside the s
 column "stage-1 A", kept apart from the separate baseline runs. A second table gives ``map_mse`` and
 ``morf_aopc`` (per map source) for every method whose runs report them.
 
+Attribution-prior runs (``method: "prior"``) are left out of both of those tables and appear only in the
+per-experiment table: the paper has no such column (so no paper number to set beside it), prior configs
+vary the prior and its weight (several experiments would pool into one dataset x backbone cell), and what
+they are about (smoothness, noise robustness) lives in ``test_metrics``, which only that table shows.
+Methods other than these five (none today) still get a Table-2 column of their own.
+
+The per-experiment table ("Per experiment", after the others; :func:`experiments`) has one row per
+``(experiment, method)`` (the method is part of the key for the reason given below for reruns): the
+experiment, method, dataset, backbone, ``n`` (its seeds), test accuracy in percent (mean ± sample std, two
+decimals), then one column per ``test_metrics`` key found in any run, except ``test/acc`` (the accuracy
+column) and ``test/loss``: keys under ``test/`` first, then ``test_eval/``, then any other, each group
+sorted. A metric cell is the mean ± sample std (4 significant digits) over the seeds that report it
+(null or missing counts as not reported); when fewer than ``n`` seeds do, the cell adds ``(n=k)``; no
+seed: ``—``. ``results_experiments.csv`` has the same rows with ``test_acc_{mean,std}`` (percent) and
+``<key>_{mean,std,n}`` per metric key.
+
 ``results.json`` (format 1)::
 
     {"format": 1,                              # this schema's version; other values are skipped
      "experiment": "cifar10_lenet5_impactx",   # the config's stem (its logger name)
      "method": "impactx",                      # "baseline" | "impactx" (two-stage) | "impactx_single" | "abn"
+                                               # | "prior" (attribution prior)
      "dataset": "cifar10",                     # the data module's ``name``
      "backbone": "lenet5",                     # the timm / impactx backbone name
      "seed": 0,                                # seed_everything
@@ -24,13 +42,16 @@ column "stage-1 A", kept apart from the separate baseline runs. A second table g
      "stage1_test_acc": 0.6796,                # two-stage IMPACTX: stage 1's A on the test set; else null
      "map_mse": 0.0123,                        # IMPACTX: MSE between predicted and target maps; else null
      "morf_aopc": {"self": 0.31, "partition": 0.28, "random": 0.05},  # map source -> MoRF AOPC; or null
+     "test_metrics": {"test/acc": 0.7065, "test/loss": 0.91,           # every scalar the test step logged:
+                      "test_eval/self/morf_aopc": 0.31},               # name -> finite number or null; or null
      "wall_s": 123.4,                          # the run's wall time in seconds
      "finished": "2026-12-02T14:00:00+00:00",  # ISO 8601 time the run ended
      "checkpoint": "logs/.../stage2.ckpt"}     # the tested checkpoint
 
 The required keys are ``format``, ``experiment``, ``method``, ``dataset``, ``backbone``, ``seed``,
 ``test_acc`` and ``finished``; the others may be missing or null. A file that cannot be read, is not
-JSON, or breaks the schema gets a one-line warning naming it on stderr and is skipped. Two files with
+JSON, or breaks the schema (e.g. a ``test_metrics`` value that is not a finite number or null: NaN and
+infinities included) gets a one-line warning naming it on stderr and is skipped. Two files with
 the same ``(experiment, method, seed)`` (a rerun): the newest by ``finished`` is kept, and stderr says which
 (the method is part of the key so that, e.g., a single-stage run of an IMPACTX config is no rerun of it).
 
@@ -39,8 +60,9 @@ MobileNet, names containing ``efficientnet_b2`` -> EfficientNet-B2; other names 
 
 Python use::
 
-    from impactx.report import collect, table, to_markdown, to_csv
-    print(to_markdown(table(collect("logs"))))
+    from impactx.report import collect, experiments, table, to_markdown, to_csv, experiments_csv
+    runs = collect("logs")
+    print(to_markdown(table(runs), experiments(runs)))
 """
 
 from __future__ import annotations
@@ -61,15 +83,20 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 __all__ = [
+    "EXPERIMENT_ONLY_METHODS",
     "FORMAT",
     "METHODS",
     "PAPER_TABLE2",
+    "ExperimentRow",
+    "Experiments",
     "Row",
     "Summary",
     "Table",
     "backbone_label",
     "collect",
     "csv_columns",
+    "experiments",
+    "experiments_csv",
     "main",
     "summarise",
     "table",
@@ -89,6 +116,12 @@ METHODS: dict[str, str] = {
     "impactx_single": "IMPACTX single-stage",
     "abn": "ABN",
 }
+#: Methods shown only in the per-experiment table, with their labels (module docstring: why).
+EXPERIMENT_ONLY_METHODS: dict[str, str] = {"prior": "Attribution prior"}
+#: Every known method's label.
+METHOD_LABELS: dict[str, str] = METHODS | EXPERIMENT_ONLY_METHODS
+#: Test metrics left out of the per-experiment metric columns (``test/acc`` has its own column).
+HIDDEN_TEST_METRICS = frozenset({"test/acc", "test/loss"})
 #: Methods whose paper number sits beside their column (WAE: paper column only).
 PAPER_METHODS: dict[str, str] = {"baseline": "Baseline A", "impactx": "IMPACTX", "abn": "ABN", "wae": "WAE"}
 
@@ -168,6 +201,15 @@ def _check(record: Any) -> dict[str, Any]:
             isinstance(k, str) and (v is None or _is_number(v)) for k, v in aopc.items()
         ):
             raise ResultsError(f"morf_aopc must map source names to numbers, got {aopc!r}")
+    metrics = record.get("test_metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise ResultsError(f"test_metrics must be an object, got {type(metrics).__name__}")
+        for key, value in metrics.items():
+            if not key or not (value is None or _is_number(value)):
+                raise ResultsError(
+                    f"test_metrics must map metric names to finite numbers or null, got {key!r}: {value!r}"
+                )
     _parse_time(record["finished"])
     return dict(record)
 
@@ -310,7 +352,9 @@ def table(rows: Sequence[Mapping[str, Any]]) -> Table:
     others by name), backbones likewise (LeNet-5, MobileNet, EfficientNet-B2, then others). A cell pools
     every run of its method in the row, one value per seed; stderr warns when a cell pools several
     experiments (e.g. two configs that differ in lambda), since their spread is then not the seeds'.
+    Runs of :data:`EXPERIMENT_ONLY_METHODS` (``prior``) are left out (see :func:`experiments`).
     """
+    rows = [run for run in rows if run["method"] not in EXPERIMENT_ONLY_METHODS]
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for run in rows:
         groups.setdefault((run["dataset"], backbone_label(run["backbone"])), []).append(run)
@@ -366,6 +410,78 @@ def table(rows: Sequence[Mapping[str, Any]]) -> Table:
     return Table(out, methods, sources)
 
 
+@dataclass
+class ExperimentRow:
+    """One row of the per-experiment table: the runs (seeds) of one ``(experiment, method)``.
+
+    ``dataset`` and ``backbone``: the runs' names (several, sorted and joined by ``", "``, should the runs
+    disagree); ``n``: the number of runs; ``accuracy``: test accuracy in percent; ``metrics``: test metric
+    key -> summary over the runs that report it (keys no run reports are absent).
+    """
+
+    experiment: str
+    method: str
+    dataset: str
+    backbone: str
+    n: int
+    accuracy: Summary
+    metrics: dict[str, Summary] = field(default_factory=dict)
+
+
+@dataclass
+class Experiments:
+    """The per-experiment table: rows by experiment then method; ``metrics``: the metric columns in order."""
+
+    rows: list[ExperimentRow]
+    metrics: tuple[str, ...]
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    """``test/...`` first, then ``test_eval/...``, then any other key; each group by name."""
+    return (0 if key.startswith("test/") else 1 if key.startswith("test_eval/") else 2, key)
+
+
+def experiments(runs: Sequence[Mapping[str, Any]]) -> Experiments:
+    """Group runs (from :func:`collect`, every method, ``prior`` included) into the per-experiment table.
+
+    One row per ``(experiment, method)``, sorted by experiment, then method (known methods in table
+    order first). Metric columns: every ``test_metrics`` key of any run except ``test/acc`` and
+    ``test/loss``, in :func:`_metric_order`; a cell summarises the runs whose value is not null.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["experiment"], run["method"]), []).append(run)
+    order = {method: i for i, method in enumerate(METHOD_LABELS)}
+    keys = sorted(
+        {key for run in runs for key in (run.get("test_metrics") or {}) if key not in HIDDEN_TEST_METRICS},
+        key=_metric_order,
+    )
+    out: list[ExperimentRow] = []
+    for experiment, method in sorted(groups, key=lambda em: (em[0], order.get(em[1], len(order)), em[1])):
+        cell = sorted(groups[(experiment, method)], key=lambda run: run["seed"])
+        metrics = {}
+        for key in keys:
+            summary = summarise(
+                value for run in cell if (value := (run.get("test_metrics") or {}).get(key)) is not None
+            )
+            if summary is not None:
+                metrics[key] = summary
+        accuracy = summarise((run["test_acc"] for run in cell), 100.0)
+        assert accuracy is not None  # every group has a run
+        out.append(
+            ExperimentRow(
+                experiment,
+                method,
+                ", ".join(sorted({run["dataset"] for run in cell})),
+                ", ".join(sorted({run["backbone"] for run in cell})),
+                len(cell),
+                accuracy,
+                metrics,
+            )
+        )
+    return Experiments(out, tuple(keys))
+
+
 # ------------------------------------------------------------------------------------------ output
 def _cell(summary: Summary | None, spec: str) -> str:
     if summary is None:
@@ -391,8 +507,41 @@ def _label(row: Row) -> str:
     return f"{row.backbone} ({', '.join(row.backbone_names)})"
 
 
-def to_markdown(result: Table) -> str:
-    """The table as markdown: accuracy (%) with the paper's numbers beside, then the explanation metrics.
+def _spread(summary: Summary | None, spec: str, n: int) -> str:
+    """A per-experiment cell: mean ± std, with ``(n=k)`` only when ``k`` differs from the row's ``n``."""
+    if summary is None:
+        return "—"
+    text = f"{summary.mean:{spec}}" if summary.std is None else f"{summary.mean:{spec}} ± {summary.std:{spec}}"
+    return text if summary.n == n else f"{text} (n={summary.n})"
+
+
+def _experiments_markdown(result: Experiments) -> list[str]:
+    header = ["Experiment", "Method", "Dataset", "Backbone", "n", "Test acc (%)", *result.metrics]
+    body = [
+        [
+            row.experiment,
+            METHOD_LABELS.get(row.method, row.method),
+            DATASET_LABELS.get(row.dataset, row.dataset),
+            row.backbone,
+            str(row.n),
+            _spread(row.accuracy, ".2f", row.n),
+            *(_spread(row.metrics.get(key), ".4g", row.n) for key in result.metrics),
+        ]
+        for row in result.rows
+    ]
+    return [
+        "## Per experiment",
+        "",
+        "One row per experiment (and method), attribution-prior runs included; mean ± sample std over its n "
+        "seeds of the test accuracy and of every logged test metric; *(n=k)*: only k seeds report it.",
+        "",
+        *_markdown_table(header, body),
+    ]
+
+
+def to_markdown(result: Table, per_experiment: Experiments | None = None) -> str:
+    """The table as markdown: accuracy (%) with the paper's numbers beside, then the explanation metrics,
+    then, when ``per_experiment`` is given (:func:`experiments`), the "Per experiment" section.
 
     Baseline A, IMPACTX and ABN always have a column and a paper column; single-stage IMPACTX, other
     methods and "stage-1 A" only when some run has them; WAE appears as a paper column only.
@@ -438,6 +587,8 @@ def to_markdown(result: Table) -> str:
             "",
             *_markdown_table(header, body),
         ]
+    if per_experiment is not None:
+        lines += ["", *_experiments_markdown(per_experiment)]
     return "\n".join(lines) + "\n"
 
 
@@ -494,6 +645,30 @@ def to_csv(result: Table) -> str:
     return buffer.getvalue()
 
 
+def experiments_csv(result: Experiments) -> str:
+    """The per-experiment table as CSV: ``experiment, method, dataset, backbone, n, test_acc_mean,
+    test_acc_std`` (percent), then ``<key>_{mean,std,n}`` per metric key (empty, ``_n`` 0, where none)."""
+    columns = ["experiment", "method", "dataset", "backbone", "n", "test_acc_mean", "test_acc_std"]
+    columns += [f"{key}_{s}" for key in result.metrics for s in ("mean", "std", "n")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        fields = {
+            "experiment": row.experiment,
+            "method": row.method,
+            "dataset": row.dataset,
+            "backbone": row.backbone,
+            "n": str(row.n),
+            "test_acc_mean": _number(row.accuracy.mean),
+            "test_acc_std": _number(row.accuracy.std),
+        }
+        for key in result.metrics:
+            fields |= _summary_fields(key, row.metrics.get(key))
+        writer.writerow(fields)
+    return buffer.getvalue()
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -518,11 +693,11 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"python -m {PROG}",
-        description="Table 2 of the IMPACTX paper from the results.json files under LOGS_DIR: prints markdown "
-        "and writes results.md and results.csv.",
+        description="Table 2 of the IMPACTX paper and a per-experiment table from the results.json files under "
+        "LOGS_DIR: prints markdown and writes results.md, results.csv and results_experiments.csv.",
     )
     parser.add_argument("logs_dir", metavar="LOGS_DIR", help="folder searched recursively for results.json")
-    parser.add_argument("--output", metavar="DIR", help="where results.md and results.csv go (default: LOGS_DIR)")
+    parser.add_argument("--output", metavar="DIR", help="where the report files go (default: LOGS_DIR)")
     return parser
 
 
@@ -538,18 +713,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         _say("error", f"no valid {RESULTS_FILE} found under {args.logs_dir!r}")
         return 1
-    result = table(runs)
-    markdown = to_markdown(result)
+    result, per_experiment = table(runs), experiments(runs)
+    markdown = to_markdown(result, per_experiment)
     output = Path(args.output if args.output is not None else args.logs_dir)
     try:
         output.mkdir(parents=True, exist_ok=True)
         write_atomic(output / "results.md", markdown)
         write_atomic(output / "results.csv", to_csv(result))
+        write_atomic(output / "results_experiments.csv", experiments_csv(per_experiment))
     except OSError as error:
         _say("error", f"cannot write the report to {str(output)!r} ({type(error).__name__}: {error.strerror or error})")
         return 1
     sys.stdout.write(markdown)
-    _say("info", f"{len(runs)} runs; wrote {output / 'results.md'} and {output / 'results.csv'}")
+    _say(
+        "info",
+        f"{len(runs)} runs; wrote {output / 'results.md'}, {output / 'results.csv'} "
+        f"and {output / 'results_experiments.csv'}",
+    )
     return 0
 
 

@@ -5,8 +5,8 @@ The run folder (``<default_root_dir>/<experiment>/seed<seed>/`` unless ``--run.d
     stage1/  stage1.ckpt     two-stage IMPACTX: A (a ClassifierModule), Lightning's checkpoints and the chosen one
     maps.json  maps/<store>  the target-map store of the train split (two-stage: A's; single-stage: refreshed)
     stage2/  stage2.ckpt     two-stage IMPACTX: LEP, D and C trained with M frozen
-    fit/  fit.ckpt           baseline, ABN and single-stage IMPACTX: the one fit
-    results.json             test accuracy (and for IMPACTX: stage-1 accuracy, map MSE, MoRF AOPC)
+    fit/  fit.ckpt           baseline, ABN, attribution prior and single-stage IMPACTX: the one fit
+    results.json             test accuracy and every logged test metric (IMPACTX: stage-1 accuracy, map MSE, MoRF AOPC)
 
 Each fit writes Lightning's checkpoints (``last.ckpt`` and the best by the configured monitor) into its own folder
 and, when it ends, copies the best (the last when nothing is monitored) to ``<stage>.ckpt`` atomically. Running
@@ -15,12 +15,14 @@ resumes (or skips, when complete) the map pass; so a killed run loses at most th
 on every device of the configured trainer (DDP ranks run the runner together; rank 0 writes the files).
 
 Methods (:func:`method_of`): ``baseline`` (``ClassifierModule``), ``abn`` (``AbnModule``), ``impactx``
-(``ImpactxModule(training="two_stage")``), ``impactx_single`` (``training="single_stage"``).
+(``ImpactxModule(training="two_stage")``), ``impactx_single`` (``training="single_stage"``), ``prior``
+(``AttributionPriorModule``: one fit, like the baseline).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -40,13 +42,14 @@ from callbacks.target_error import TargetMapError
 from impactx.core import check_int
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.store import MapStore
+from impactx.modules.attribution_prior import AttributionPriorModule
 from impactx.modules.base import BaseModule
 from impactx.modules.classifier import ClassifierModule
 from impactx.modules.impactx import ImpactxModule
 
 __all__ = ["METHODS", "ExperimentRunner", "RunOptions", "TrainerFactory", "method_of"]
 
-METHODS = ("baseline", "abn", "impactx", "impactx_single")
+METHODS = ("baseline", "abn", "impactx", "impactx_single", "prior")
 RESULTS_FORMAT = 1
 MAP_PASS_SEED = 0
 
@@ -96,9 +99,12 @@ def method_of(module: BaseModule) -> str:
         return "impactx" if module.hparams.training == "two_stage" else "impactx_single"
     if isinstance(module, ClassifierModule):
         return "baseline"
+    if isinstance(module, AttributionPriorModule):
+        return "prior"
     if type(module).__name__ == "AbnModule":
         return "abn"
-    raise ValueError(f"`run` knows ClassifierModule, AbnModule and ImpactxModule, got {type(module).__name__}")
+    raise ValueError(f"`run` knows ClassifierModule, AbnModule, ImpactxModule and AttributionPriorModule, got "
+                     f"{type(module).__name__}")
 
 
 def init_args(hparams: Any) -> dict[str, Any]:
@@ -261,6 +267,7 @@ class ExperimentRunner:
             "test_acc": metrics.get("test/acc"),
             "morf_aopc": {key.split("/")[1]: value for key, value in metrics.items()
                           if key.startswith("test_eval/") and key.endswith("/morf_aopc")} or None,
+            "test_metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
             "wall_s": time.perf_counter() - start,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checkpoint": str(final),

@@ -102,6 +102,10 @@ def test_same_experiment_and_seed_of_another_method_is_no_duplicate(tmp_path: Pa
         ({"finished": "yesterday"}, "ISO 8601"),
         ({"morf_aopc": [0.3]}, "morf_aopc"),
         ({"method": None}, "missing method"),
+        ({"test_metrics": [0.3]}, "test_metrics must be an object"),
+        ({"test_metrics": {"test/ce": "0.1"}}, "test_metrics must map metric names to finite numbers or null"),
+        ({"test_metrics": {"test/ce": float("nan")}}, "'test/ce': nan"),
+        ({"test_metrics": {"test/ce": True}}, "'test/ce': True"),
     ],
 )
 def test_schema_violations_are_one_line_warnings(tmp_path: Path, capsys, change: dict, reason: str) -> None:
@@ -178,9 +182,11 @@ def test_rows_follow_the_paper_and_label_backbones(tmp_path: Path) -> None:
 def test_main_writes_both_files_atomically(logs: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     assert report.main([str(logs), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md"]  # no temporary left behind
+    # no temporary left behind
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.md", "results_experiments.csv"]
     assert (out / "results.md").read_text() == capsys.readouterr().out
     assert (out / "results.csv").read_text().startswith("dataset,backbone,")
+    assert (out / "results_experiments.csv").read_text().startswith("experiment,method,dataset,backbone,n,")
 
 
 def _report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -207,3 +213,108 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str]) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("impactx.report: error: ")
+
+
+PRIOR_ACC = [0.97, 0.95]
+PRIOR_METRICS = [
+    {"test/acc": 0.97, "test/loss": 0.10, "test/ce": 0.10, "test/noise_acc_mean": 0.81,
+     "test_eval/eg/total_variation": 61.2, "test_eval/eg/morf_aopc": 0.30},
+    {"test/acc": 0.95, "test/loss": 0.14, "test/ce": 0.12, "test/noise_acc_mean": 0.79,
+     "test_eval/eg/total_variation": 58.4, "test_eval/eg/morf_aopc": None},
+]
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """Two seeds of an attribution prior (the second lacks one metric), two baseline seeds of which only
+    one has test_metrics (the other an older file without the key)."""
+    root = tmp_path / "logs"
+    for seed, (acc, metrics) in enumerate(zip(PRIOR_ACC, PRIOR_METRICS, strict=True)):
+        record = _record("prior", seed, acc, test_metrics=metrics)
+        _write(root / "cifar10_lenet5_prior" / f"seed{seed}" / "results.json", record)
+    _write(root / "b0" / "results.json", _record("baseline", 0, 0.68, test_metrics={"test/acc": 0.68, "test/ce": 0.9}))
+    legacy = _record("baseline", 1, 0.66)
+    legacy.pop("test_metrics", None)
+    _write(root / "b1" / "results.json", legacy)
+    return root
+
+
+def test_per_experiment_rows_average_the_seeds(mixed: Path, capsys) -> None:
+    result = report.experiments(report.collect(mixed))
+    assert capsys.readouterr().err == ""
+    assert result.metrics == (
+        "test/ce", "test/noise_acc_mean", "test_eval/eg/morf_aopc", "test_eval/eg/total_variation",
+    )
+    baseline, prior = result.rows
+    assert (baseline.experiment, baseline.method, baseline.n) == ("cifar10_lenet5_baseline", "baseline", 2)
+    assert (prior.experiment, prior.method, prior.dataset, prior.backbone, prior.n) == (
+        "cifar10_lenet5_prior", "prior", "cifar10", "lenet5", 2,
+    )
+    assert prior.accuracy.mean == pytest.approx(96.0) and prior.accuracy.std == pytest.approx(100 * np.std(PRIOR_ACC, ddof=1))
+    for key in ("test/ce", "test/noise_acc_mean", "test_eval/eg/total_variation"):
+        values = [m[key] for m in PRIOR_METRICS]
+        assert prior.metrics[key].n == 2
+        assert prior.metrics[key].mean == pytest.approx(np.mean(values))
+        assert prior.metrics[key].std == pytest.approx(np.std(values, ddof=1))
+    assert prior.metrics["test/ce"].mean == pytest.approx(0.11)
+    assert prior.metrics["test_eval/eg/total_variation"].mean == pytest.approx(59.8)
+    assert (prior.metrics["test_eval/eg/morf_aopc"].mean, prior.metrics["test_eval/eg/morf_aopc"].n) == (0.30, 1)
+    assert baseline.metrics.keys() == {"test/ce"} and baseline.metrics["test/ce"].n == 1
+    assert "test/acc" not in result.metrics and "test/loss" not in result.metrics
+
+
+def test_prior_runs_only_in_the_per_experiment_table(mixed: Path) -> None:
+    runs = report.collect(mixed)
+    result = report.table(runs)
+    assert result.methods == ("baseline",) and "prior" not in result.rows[0].accuracy
+    markdown = report.to_markdown(result, report.experiments(runs))
+    table2, per_experiment = markdown.split("## Per experiment")
+    assert "Attribution prior" not in table2 and "cifar10_lenet5_prior" not in table2
+    assert not any("prior" in column for column in report.csv_columns(result))
+    header = next(line for line in per_experiment.splitlines() if line.startswith("| Experiment"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "Experiment", "Method", "Dataset", "Backbone", "n", "Test acc (%)",
+        "test/ce", "test/noise_acc_mean", "test_eval/eg/morf_aopc", "test_eval/eg/total_variation",
+    ]
+    prior = next(line for line in per_experiment.splitlines() if line.startswith("| cifar10_lenet5_prior"))
+    std = 100 * np.std(PRIOR_ACC, ddof=1)
+    tv_std = np.std([61.2, 58.4], ddof=1)
+    assert prior == (
+        f"| cifar10_lenet5_prior | Attribution prior | CIFAR-10 | lenet5 | 2 | 96.00 ± {std:.2f} "
+        f"| 0.11 ± {np.std([0.10, 0.12], ddof=1):.4g} | 0.8 ± {np.std([0.81, 0.79], ddof=1):.4g} "
+        f"| 0.3 (n=1) | 59.8 ± {tv_std:.4g} |"
+    )
+    baseline = next(line for line in per_experiment.splitlines() if line.startswith("| cifar10_lenet5_baseline"))
+    assert baseline.endswith("| 0.9 (n=1) | — | — | — |")
+
+
+def test_bad_test_metrics_value_skips_the_file_with_one_line(mixed: Path, capsys) -> None:
+    bad = _write(mixed / "bad" / "results.json", _record("prior", 5, 0.9, test_metrics={"test/ce": "high"}))
+    runs = report.collect(mixed)
+    assert 5 not in {r["seed"] for r in runs} and len(runs) == 4
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"impactx.report: warning: skipping {bad}: test_metrics") and "'test/ce'" in line
+
+
+def test_null_test_metrics_is_accepted(tmp_path: Path) -> None:
+    _write(tmp_path / "a" / "results.json", _record("prior", 0, 0.9, test_metrics=None))
+    (row,) = report.experiments(report.collect(tmp_path)).rows
+    assert (row.metrics, report.experiments(report.collect(tmp_path)).metrics) == ({}, ())
+    assert report.table(report.collect(tmp_path)).rows == []
+
+
+def test_experiments_csv_is_written(mixed: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert report.main([str(mixed), "--output", str(out)]) == 0
+    assert "## Per experiment" in capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO((out / "results_experiments.csv").read_text())))
+    assert list(rows[0])[:7] == ["experiment", "method", "dataset", "backbone", "n", "test_acc_mean", "test_acc_std"]
+    assert list(rows[0])[7:10] == ["test/ce_mean", "test/ce_std", "test/ce_n"]
+    baseline, prior = rows
+    assert (prior["experiment"], prior["method"], prior["n"]) == ("cifar10_lenet5_prior", "prior", "2")
+    assert float(prior["test_acc_mean"]) == pytest.approx(96.0)
+    assert float(prior["test_eval/eg/total_variation_mean"]) == pytest.approx(59.8)
+    assert float(prior["test_eval/eg/total_variation_std"]) == pytest.approx(np.std([61.2, 58.4], ddof=1))
+    assert (prior["test_eval/eg/morf_aopc_n"], prior["test_eval/eg/morf_aopc_std"]) == ("1", "")
+    assert (baseline["test/noise_acc_mean_mean"], baseline["test/noise_acc_mean_n"]) == ("", "0")
+    assert float(baseline["test_acc_mean"]) == pytest.approx(67.0)

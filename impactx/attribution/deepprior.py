@@ -165,6 +165,21 @@ def prior_probability_map(
     return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
 
 
+@torch.no_grad()
+def density_prior_map(
+    model: nn.Module, module: nn.Module, density: Density, inputs: torch.Tensor, normalize: str = "max"
+) -> torch.Tensor:
+    """``p_prior(x) [B, 1, H, W]`` in [0, 1] of ``inputs [B, C, H, W]`` under ``density``, fitted beforehand on
+    the per-pixel features of ``module`` (a layer of ``model``): one hook pass in eval mode, evaluated in torch
+    on the inputs' device. Detached: the prior baseline is a fixed point of the path, also inside a loss."""
+    with eval_mode(model):
+        fmap = layer_features(model, module, inputs)  # [B, C, h, w]
+    if fmap.shape[1] != density.num_channels:
+        raise ValueError(f"layer gives {fmap.shape[1]} channels but the density was fitted on {density.num_channels}")
+    log_density = density.log_prob(fmap.permute(0, 2, 3, 1))  # [B, h, w]
+    return prior_probability_map(log_density, tuple(inputs.shape[-2:]), normalize).to(inputs.dtype)
+
+
 @dataclass
 class _FitState:
     fingerprint: str  # weights_fingerprint of the model the density was fitted for
@@ -341,13 +356,7 @@ class DeepPriorEG(Explainer):
         if self._state is None or not self.is_fitted_for(model):
             raise RuntimeError("DeepPriorEG is not fitted for this model/layer: call fit(model, data) first")
         _, module = resolve_conv_layer(model, self.layer)
-        with eval_mode(model):
-            fmap = layer_features(model, module, inputs)  # [B, C, h, w]
-        density = self._state.density
-        if fmap.shape[1] != density.num_channels:
-            raise ValueError(f"layer gives {fmap.shape[1]} channels but the density was fitted on {density.num_channels}")
-        log_density = density.log_prob(fmap.permute(0, 2, 3, 1))  # [B, h, w]
-        return prior_probability_map(log_density, tuple(inputs.shape[-2:]), self.normalize).to(inputs.dtype)
+        return density_prior_map(model, module, self._state.density, inputs, self.normalize)
 
     def _attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None

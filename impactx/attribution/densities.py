@@ -180,3 +180,26 @@ class MixtureDensity(_Cached):
         y = torch.einsum("mc,kcd->mkd", flat, prec_chol) - shifted_means  # [M, K, C]
         log_gauss = -0.5 * (c * math.log(2.0 * math.pi) + (y * y).sum(dim=-1))  # [M, K]
         return torch.logsumexp(log_gauss + offsets, dim=1).reshape(features.shape[:-1])
+
+
+def density_state(density: GaussianDensity | MixtureDensity) -> dict[str, object]:
+    """A fitted density as plain tensors and numbers (what a checkpoint stores; ``torch.load(weights_only=True)``
+    reads it back): ``{"kind": "mgm" | "bgmm", ...parameters}``."""
+    if isinstance(density, GaussianDensity):
+        return {"kind": "mgm", "mean": density.mean, "covariance": density.covariance, "shrinkage": density.shrinkage}
+    if isinstance(density, MixtureDensity):
+        return {"kind": "bgmm", "means": density.means, "precisions_cholesky": density.precisions_cholesky,
+                "offsets": density.offsets, "weights": density.weights, "covariances": density.covariances}
+    raise TypeError(f"expected a GaussianDensity or MixtureDensity, got {type(density).__name__}")
+
+
+def density_from_state(state: dict[str, object]) -> GaussianDensity | MixtureDensity:
+    """The density :func:`density_state` describes (float64, on the CPU, as fitted)."""
+    kind = state.get("kind")
+    cpu = lambda t: torch.as_tensor(t).to("cpu", torch.float64)  # noqa: E731
+    if kind == "mgm":
+        return GaussianDensity(cpu(state["mean"]), cpu(state["covariance"]), float(state["shrinkage"]))
+    if kind == "bgmm":
+        return MixtureDensity(*(cpu(state[k]) for k in ("means", "precisions_cholesky", "offsets", "weights",
+                                                         "covariances")))
+    raise ValueError(f"unknown density kind {kind!r} in the stored state; expected 'mgm' or 'bgmm'")

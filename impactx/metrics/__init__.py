@@ -2,7 +2,7 @@
 
 Faithfulness: :class:`MoRF`, :class:`LeRF` (AOPC), :class:`DeletionAUC`, :class:`InsertionAUC`, the
 keep/remove family (:class:`KPM` ... :class:`RAM`), :class:`AverageDrop`, :class:`IncreaseInConfidence`.
-Localisation: :class:`OverlapAUC`. Complexity: :class:`Sparseness`. Robustness: :class:`MaxSensitivity`
+Localisation: :class:`OverlapAUC`. Complexity: :class:`Sparseness`, :class:`TotalVariation`. Robustness: :class:`MaxSensitivity`
 (of a map), :class:`NoiseAccuracy` (of the model). Sanity: :class:`ModelParameterRandomisation`.
 The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
 
@@ -36,6 +36,7 @@ from impactx.metrics.overlap import OverlapAUC
 from impactx.metrics.randomisation import ModelParameterRandomisation
 from impactx.metrics.region import LeRF, MoRF
 from impactx.metrics.sensitivity import MaxSensitivity
+from impactx.metrics.smoothness import TotalVariation
 from impactx.metrics.sparseness import Sparseness
 
 __all__ = [
@@ -66,5 +67,6 @@ __all__ = [
     "RemovePositiveMean",
     "ScalarMetric",
     "Sparseness",
+    "TotalVariation",
     "functional",
 ]

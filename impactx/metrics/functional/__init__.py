@@ -35,6 +35,7 @@ from impactx.metrics.functional.randomisation import (
 )
 from impactx.metrics.functional.region import aopc, lerf_curve, morf_curve, region_perturbation_curve
 from impactx.metrics.functional.sensitivity import max_sensitivity, uniform_ball_noise
+from impactx.metrics.functional.smoothness import standardise_per_image, total_variation
 from impactx.metrics.functional.sparseness import sparseness
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
     "region_perturbation_curve",
     "riemann_auc",
     "sparseness",
+    "standardise_per_image",
+    "total_variation",
     "spearman_correlation",
     "trapezoid_auc",
     "uniform_ball_noise",

@@ -10,12 +10,13 @@ def sparseness(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
     ``G = sum_{i=1}^{d} (2i - d - 1) a_(i) / (d * sum_i a_(i))`` with ``a = |phi| + eps`` sorted ascending.
     0 for a uniform map, ``(d - 1) / d`` for a one-hot map (up to ``eps``); higher is sparser. ``eps``
-    (Quantus adds 1e-7) keeps an all-zero map defined (it scores 0).
+    (Quantus adds 1e-7) keeps an all-zero map defined (it scores 0). Differentiable (the sort is a
+    permutation), so :func:`impactx.priors.sparsity` trains through it.
     """
     if not isinstance(maps, torch.Tensor) or maps.dim() < 2:
         shape = list(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise ValueError(f"maps must be a [B, ...] tensor with at least one entry per image, got {shape}")
-    a = maps.detach().reshape(maps.shape[0], -1)
+    a = maps.reshape(maps.shape[0], -1)
     if not a.is_floating_point():
         a = a.float()
     a = torch.sort(a.abs() + eps, dim=1).values
