@@ -367,6 +367,7 @@ class ImpactxCLI(LightningCLI):
         options = options_from("run", run)
         seed = self._run_seed()
         experiment = options.name or self._experiment_name()
+        self._experiment = experiment  # the loggers' name in every step (--run.name renames them too)
         run_dir = Path(options.dir) if options.dir else Path(self.trainer.default_root_dir) / experiment / f"seed{seed}"
         runner = ExperimentRunner(self.stage_trainer, model, datamodule, options, run_dir, experiment, seed)
         self.run_results = runner.run()
@@ -396,13 +397,17 @@ class ImpactxCLI(LightningCLI):
         """A fresh trainer for one step of ``run``, from the ``--trainer.*`` configuration: its loggers with the
         step in their version (CSV, TensorBoard: ``<name>/seed<seed>-<stage>``) or run name (W&B:
         ``<name>-seed<seed>-<stage>``, grouped by ``<name>-seed<seed>``), its callbacks new, ``ModelCheckpoint``
-        writing into ``checkpoint_dir`` (dropped when ``None``)."""
+        writing into ``checkpoint_dir`` (dropped when ``None``). ``<name>`` is the experiment's (``--run.name``,
+        else the logger's), so two experiments of one config never share a log folder."""
         run_id = f"seed{self._run_seed()}"
+        experiment = getattr(self, "_experiment", None)
         trainer_config = self._get(self.config, "trainer")
         kwargs = {k: v for k, v in self._get(self.config_init, "trainer").items() if k not in ("logger", "callbacks")}
         loggers = []
         for config in self._logger_configs() if log else []:
             init_args = dict(config.get("init_args") or {})
+            if experiment:
+                init_args["name"] = experiment
             if config["class_path"].endswith("WandbLogger"):
                 name = init_args.get("name") or "run"
                 init_args.update(name=f"{name}-{run_id}-{stage}", group=f"{name}-{run_id}")

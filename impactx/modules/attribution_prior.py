@@ -295,6 +295,13 @@ class AttributionPriorModule(BaseModule):
             )
         if getattr(self, "_compiler_ctx", None) or isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
             raise ValueError(_COMPILE_MESSAGE)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.prior.needs_target_maps and getattr(datamodule, "maps", "") is None:
+            raise ValueError(
+                f"prior {self.prior.name!r} reads a target map with every training batch, but "
+                f"{type(datamodule).__name__} joins none: set its maps option to a map store folder "
+                "(--data.init_args.maps=<folder>, made by `python train.py maps`)"
+            )
 
     def on_fit_start(self) -> None:
         self._load_pool()

@@ -262,3 +262,11 @@ def test_target_map_prior_moves_attribution_into_the_marked_region() -> None:
         assert accuracy > 0.9, (lam, accuracy)
         fractions[lam] = _fraction_in_right_square(module, test_images, test_labels)
     assert fractions[2.0] < 0.5 * fractions[0.0], fractions
+
+
+def test_target_map_prior_without_a_store_fails_at_setup() -> None:
+    from impactx.data import DigitsDataModule
+
+    module = _module(num_classes=10, prior="outside_region")
+    with pytest.raises(ValueError, match="joins none: set its maps option"):
+        _trainer(max_steps=1).fit(module, datamodule=DigitsDataModule(batch_size=32))
