@@ -110,3 +110,20 @@ def test_prior_spec_checks_names_and_options() -> None:
         needs(torch.ones(1, 1, 3, 3))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         total_variation(torch.ones(3, 3))
+
+
+def test_mask_store_joins_user_masks_to_training_items(tmp_path) -> None:
+    from impactx.data import DigitsDataModule
+    from impactx.maps import MapStoreError, mask_store
+
+    data = DigitsDataModule(batch_size=8)
+    n = len(data.map_dataset())
+    masks = torch.zeros(n, 1, data.image_size, data.image_size)
+    masks[torch.arange(n) % 2 == 0, :, :, : data.image_size // 2] = 1.0  # even items: left half
+    folder = mask_store(data, masks, tmp_path)
+    joined = DigitsDataModule(batch_size=8, maps=str(folder))
+    joined.setup("fit")
+    image, label, index, target = joined.dataset("train", augment=False)[3]
+    torch.testing.assert_close(target, masks[index])
+    with pytest.raises(MapStoreError, match=rf"\[{n}, 1, "):
+        mask_store(data, masks[:5], tmp_path / "bad")

@@ -5,6 +5,7 @@ The map pass that fills a store (``impactx.maps.map_pass``, ``python train.py ma
 """
 
 from impactx.maps.key import MAP_SPLIT, MapKey
+from impactx.maps.masks import mask_store
 from impactx.maps.store import NORMALISATIONS, MapStore, MapStoreError, normalise_maps
 
-__all__ = ["MAP_SPLIT", "NORMALISATIONS", "MapKey", "MapStore", "MapStoreError", "normalise_maps"]
+__all__ = ["MAP_SPLIT", "NORMALISATIONS", "MapKey", "MapStore", "MapStoreError", "mask_store", "normalise_maps"]
