@@ -8,14 +8,17 @@ References (``references``) of the EG path, ``k = n_references`` per image with 
   unaugmented images, loaded once at fit start, the same on every rank). The reference PyTorch op builds a
   new shuffled DataLoader iterator every step; here each step draws indices into the pool, keyed on each image
   and the global step (:func:`impactx.attribution.eg.draw_references`), so an image gets the same references
-  whatever batch or DDP rank it lands in, and a resumed run draws what the uninterrupted one would have.
+  whatever batch or DDP rank it lands in (with random augmentation, the augmented pixels are the key).
 - ``"batch"``: the other images of the batch (as the reference TensorFlow code does). An image alone in its
-  batch (a last batch of size 1) is its own reference: zero attribution, zero penalty for that step.
+  batch (a last batch of size 1) is its own reference: zero attribution, zero penalty for that step. Under DDP
+  the batch is each rank's shard, so these references (unlike the others) depend on the number of ranks.
 - ``"mgm"`` / ``"bgmm"``: DeepPrior-EG baselines ``x' - p_prior(x)`` (``x'`` from the pool, ``p_prior`` from an
   MGM or BGMM density of a convolutional layer's per-pixel features, see :mod:`impactx.attribution.deepprior`).
   The density is fitted once at fit start on ``deepprior_fit_images`` pool images by rank 0 and broadcast, so it
-  is identical on every rank; it is stored in the checkpoint (a resumed fit or a loaded model uses it, no
-  refit) and refitted every ``refit_every`` epochs when that is > 0.
+  is identical on every rank; it travels with the ``state_dict`` (module extra state: checkpoints, and
+  ``ddp_spawn`` handing the trained model back, carry it; a resumed fit or a loaded model uses it, no refit)
+  and is refitted every ``refit_every`` epochs when that is > 0. A stored density of another kind or layer
+  than the configuration asks for is refused on load.
 
 Model state during the attribution pass (the policy the issue asks to choose): **eval mode**. The EG points go
 through the network with every submodule in eval mode (restored afterwards), so BatchNorm normalises with, and
@@ -31,11 +34,11 @@ forward runs inside the wrapped ``training_step``, so the one backward fills eve
 and DDP all-reduces it; nothing flips ``requires_grad``. Precision: ``bf16-mixed`` works (autocast covers the
 attribution forward); ``16-mixed``/``16-true`` are refused (the loss scaler does not scale the inner gradient;
 use ``bf16-mixed`` or 32). ``torch.compile`` is refused (double backward is not supported through compiled
-graphs).
+graphs), ``nn.Module.compile()`` of the model included.
 
-Validation and test log the cross-entropy and accuracy; with ``eval_prior=True`` they also compute the penalty,
-which takes gradients: the trainer then needs ``inference_mode=False`` (checked at the loop's start, with a
-clear error). Target-map priors (``prior="outside_region"``) read the map joined to each training batch
+Validation and test log the cross-entropy (``{stage}/ce``) and accuracy; with ``eval_prior=True`` they also
+compute the penalty, which takes gradients: the trainer then needs ``inference_mode=False`` (checked at setup,
+with a clear error). Target-map priors cannot be evaluated there (validation and test batches carry no map). Target-map priors (``prior="outside_region"``) read the map joined to each training batch
 (``(image, label, index, map)``, the data module's ``maps`` store).
 """
 
@@ -57,10 +60,9 @@ from impactx.models import Backbone, create_backbone
 from impactx.modules.base import BaseModule, Batch, LossOutput, Stage
 from impactx.priors import AttributionPrior
 
-__all__ = ["REFERENCES", "AttributionPriorModule", "CHECKPOINT_KEY"]
+__all__ = ["REFERENCES", "AttributionPriorModule"]
 
 REFERENCES = ("train", "batch", "mgm", "bgmm")
-CHECKPOINT_KEY = "attribution_prior"
 _REFUSED_PRECISIONS = ("16-mixed", "16-true", "16", "transformer-engine-float16")
 
 
@@ -73,7 +75,8 @@ class AttributionPriorModule(BaseModule):
     """Any backbone of the factory trained under an attribution prior (module docstring).
 
     Batches are ``(image [B,C,H,W], label [B], index [B])``, plus ``map [B,1,H,W]`` for target-map priors. Logs
-    ``{stage}/loss``, ``{stage}/acc``, ``train/ce`` and ``train/prior`` (the penalty before ``lam``).
+    ``{stage}/loss``, ``{stage}/acc``, ``{stage}/ce`` and ``train/prior`` (the penalty before ``lam``; also
+    ``val/prior``, ``test/prior`` with ``eval_prior``).
 
     Args:
         backbone, num_classes, in_chans, input_size, pretrained, pretrained_file: the classifier, as for
@@ -147,6 +150,8 @@ class AttributionPriorModule(BaseModule):
         check_int("refit_every", refit_every, minimum=0)
         self.save_hyperparameters()
         self.prior = AttributionPrior(prior, prior_options or {})
+        if eval_prior and self.prior.needs_target_maps:
+            raise ValueError(f"eval_prior cannot score prior {prior!r}: validation and test batches carry no target map")
         self.model: Backbone = create_backbone(
             backbone, num_classes, in_chans=in_chans, input_size=input_size,
             pretrained=pretrained, pretrained_file=pretrained_file,
@@ -293,8 +298,13 @@ class AttributionPriorModule(BaseModule):
                 f"AttributionPriorModule cannot train with precision={precision!r}: the gradient scaler does not scale "
                 "the attribution's inner gradient; use precision='bf16-mixed' (or 32)"
             )
-        if getattr(self, "_compiler_ctx", None) or isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
+        compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in self.modules())
+        if compiled or getattr(self, "_compiler_ctx", None) or \
+                isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
             raise ValueError(_COMPILE_MESSAGE)
+        loop = {"fit": "validate_loop", "validate": "validate_loop", "test": "test_loop"}.get(stage)
+        if self.hparams.eval_prior and loop and getattr(getattr(self.trainer, loop, None), "inference_mode", False):
+            raise RuntimeError(_INFERENCE_MESSAGE.format(loop=loop.split("_")[0]))
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and self.prior.needs_target_maps and getattr(datamodule, "maps", "") is None:
             raise ValueError(
@@ -325,25 +335,35 @@ class AttributionPriorModule(BaseModule):
         if not self.hparams.eval_prior:
             return
         if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"AttributionPriorModule(eval_prior=True) takes gradients in {loop}: build the trainer with "
-                "inference_mode=False (--trainer.inference_mode=false)"
-            )
+            raise RuntimeError(_INFERENCE_MESSAGE.format(loop=loop))
         self._load_pool()
         if self.hparams.references in ("mgm", "bgmm") and self._density is None:
             raise RuntimeError("eval_prior with DeepPrior references needs the fitted density: test a checkpoint "
                                "of a fit (it stores the density)")
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._density is not None:
-            checkpoint[CHECKPOINT_KEY] = {"density": self._density}
+    def get_extra_state(self) -> dict[str, Any]:
+        """The fitted DeepPrior density (``{"density": record | None}``): part of the ``state_dict``, so checkpoints
+        and ``ddp_spawn``'s hand-back of the trained weights carry it."""
+        return {"density": self._density}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get(CHECKPOINT_KEY)
-        if stored is not None:
-            self._set_density(stored["density"])
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        record = (state or {}).get("density")
+        hp = self.hparams
+        if record is not None and hp.references in ("mgm", "bgmm"):
+            kind, layer = record["state"].get("kind"), record["layer"]
+            wanted = resolve_conv_layer(self.model, hp.deepprior_layer)[0]
+            if kind != hp.references or layer != wanted:
+                raise ValueError(
+                    f"the stored DeepPrior density is a {kind!r} of layer {layer!r}, but this module is configured for "
+                    f"references={hp.references!r} on layer {wanted!r}: start a new fit (or keep the stored settings)"
+                )
+        self._set_density(record)
 
 
+_INFERENCE_MESSAGE = (
+    "AttributionPriorModule(eval_prior=True) takes gradients in {loop}: build the trainer with inference_mode=False "
+    "(--trainer.inference_mode=false)"
+)
 _COMPILE_MESSAGE = (
     "AttributionPriorModule refuses torch.compile: its loss differentiates through an autograd.grad "
     "(double backward), which compiled graphs do not support; train it uncompiled"

@@ -27,12 +27,12 @@ class RecordDensity(Callback):
             json.dump(values, handle)
 
 
-def _fit_one_step(tmp_path, devices: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    folder = tmp_path / f"devices{devices}"
+def _fit_one_step(tmp_path, devices: int, references: str) -> tuple[AttributionPriorModule, list[dict]]:
+    folder = tmp_path / f"{references}{devices}"
     folder.mkdir()
     torch.manual_seed(0)
-    module = AttributionPriorModule("lenet5", num_classes=10, in_chans=1, input_size=32, references="mgm",
-                                    lam=1.0, optimizer="sgd", momentum=0.0, lr=0.1, scheduler="none",
+    module = AttributionPriorModule("lenet5", num_classes=10, in_chans=1, input_size=32, references=references,
+                                    lam=1.0, deepprior_components=3, optimizer="sgd", momentum=0.0, lr=0.1, scheduler="none",
                                     deepprior_fit_images=64, reference_pool=256)
     # 1278 training images (val_fraction 0.11): one batch of 1278, or 639 per rank
     data = DigitsDataModule(batch_size=1278 // devices, val_fraction=0.11, augment=False, seed=0)
@@ -41,22 +41,24 @@ def _fit_one_step(tmp_path, devices: int) -> tuple[dict[str, torch.Tensor], list
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordDensity(str(folder))])
     trainer.fit(module, datamodule=data)
     densities = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)]
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}, densities
+    return module, densities
 
 
 @pytest.mark.ddp
 @pytest.mark.slow
-def test_two_ranks_take_the_step_of_one_process(tmp_path) -> None:
+@pytest.mark.parametrize("references", ["mgm", "bgmm"])
+def test_two_ranks_take_the_step_of_one_process(tmp_path, references) -> None:
     torch.manual_seed(0)
-    start = AttributionPriorModule("lenet5", num_classes=10, in_chans=1, input_size=32).state_dict()
-    one, one_density = _fit_one_step(tmp_path, 1)
-    two, two_density = _fit_one_step(tmp_path, 2)
+    start = AttributionPriorModule("lenet5", num_classes=10, in_chans=1, input_size=32).model.state_dict()
+    one, one_density = _fit_one_step(tmp_path, 1, references)
+    two, two_density = _fit_one_step(tmp_path, 2, references)
     assert two_density[0] == two_density[1]  # identical on both ranks (rank 0 fits, broadcast)
     assert two_density[0] == one_density[0]  # and what one process fits
+    stored = two.density_record  # ddp_spawn handed the density back with the weights
+    assert stored is not None and stored["state"]["kind"] == references
     moved = 0
-    for key in start:
-        if start[key].is_floating_point():
-            step_one, step_two = one[key] - start[key], two[key] - start[key]
-            torch.testing.assert_close(step_two, step_one, rtol=1e-4, atol=1e-6, msg=key)
-            moved += int(step_one.abs().sum() > 0)
+    for key, value in start.items():
+        step_one, step_two = one.model.state_dict()[key] - value, two.model.state_dict()[key] - value
+        torch.testing.assert_close(step_two, step_one, rtol=1e-4, atol=1e-6, msg=key)
+        moved += int(step_one.abs().sum() > 0)
     assert moved > 0

@@ -84,9 +84,13 @@ def test_penalty_gradient_equals_finite_differences_in_float64() -> None:
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-def test_attribution_pass_leaves_batchnorm_statistics_and_draws_no_dropout() -> None:
-    module = _module(references="batch")
+@pytest.mark.parametrize("references", ["batch", "mgm"])
+def test_attribution_pass_leaves_batchnorm_statistics_and_draws_no_dropout(references) -> None:
+    module = _module(references=references)
     module.model = BatchNormDropoutNet()
+    if references == "mgm":
+        module.set_reference_pool(torch.randn(16, 1, 32, 32))
+        module.fit_density()
     plain = copy.deepcopy(module)
     images, labels, index = _batch(6)
     module.train()
@@ -135,6 +139,10 @@ def test_draws_depend_on_the_image_and_step_not_the_batch() -> None:
     part, part_alphas = module.path_references(images[3:])
     assert torch.equal(whole[3:], part) and torch.equal(alphas[3:], part_alphas)
     assert step_seed(0, 1) != step_seed(0, 0)
+    module._trainer = type("T", (), {"global_step": 5})()  # attached at another step: other draws
+    later, later_alphas = module.path_references(images)
+    module._trainer = None
+    assert not torch.equal(later_alphas, alphas)
 
 
 def test_fit_logs_ce_and_prior_and_trains_the_model() -> None:
@@ -146,7 +154,7 @@ def test_fit_logs_ce_and_prior_and_trains_the_model() -> None:
     assert {"train/ce", "train/prior", "train/loss"} <= set(metrics)
     assert float(metrics["train/loss"]) == pytest.approx(
         float(metrics["train/ce"]) + 0.1 * float(metrics["train/prior"]), rel=1e-5)
-    assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor))
 
 
 @pytest.mark.parametrize("prior", ["mgm", "bgmm"])
@@ -170,6 +178,9 @@ def test_deepprior_density_survives_a_checkpoint_round_trip(prior, tmp_path) -> 
     module.trainer = None  # both unattached: the draws of step 0
     loaded.set_reference_pool(module.reference_pool_tensor(torch.device("cpu"), torch.float32))
     torch.testing.assert_close(loaded.path_references(images)[0], module.path_references(images)[0])
+    other = _module(references="bgmm" if prior == "mgm" else "mgm")
+    with pytest.raises(ValueError, match="stored DeepPrior density is a"):
+        other.load_state_dict(loaded.state_dict())
     # a resumed fit keeps the stored density (no refit at fit start)
     resumed = _trainer(max_epochs=2)
     resumed.fit(loaded, datamodule=PoolData(n_train=16, n_val=4, batch_size=8), ckpt_path=str(path))
@@ -182,7 +193,7 @@ def test_refit_every_refits_the_density() -> None:
     assert module.density_record["epoch"] == 1
 
 
-def test_precision_16_and_torch_compile_are_refused_bf16_trains() -> None:
+def test_precision_16_and_torch_compile_are_refused() -> None:
     data = PoolData(n_train=8, n_val=4, batch_size=4)
     with pytest.raises(ValueError, match="precision='16-mixed'.*bf16-mixed"):
         module = _module()
@@ -190,19 +201,32 @@ def test_precision_16_and_torch_compile_are_refused_bf16_trains() -> None:
         module.setup("fit")
     with pytest.raises(ValueError, match="refuses torch.compile"):
         _trainer(max_steps=1).fit(torch.compile(_module()), datamodule=data)
-    module = _module()
-    _trainer(max_steps=1, precision="bf16-mixed").fit(module, datamodule=data)
+    in_place = _module()
+    in_place.model.compile()
+    with pytest.raises(ValueError, match="refuses torch.compile"):
+        _trainer(max_steps=1).fit(in_place, datamodule=data)
+
+
+@pytest.mark.parametrize("references", ["train", "mgm", "bgmm"])
+def test_bf16_mixed_trains(references) -> None:
+    module = _module(references=references, deepprior_fit_images=8, deepprior_components=2)
+    _trainer(max_steps=2, precision="bf16-mixed").fit(module, datamodule=PoolData(n_train=8, n_val=4, batch_size=4))
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_eval_prior_needs_gradients_in_test() -> None:
+def test_eval_prior_needs_gradients_in_test_and_validation() -> None:
     data = PoolData(n_train=8, n_val=4, batch_size=4)
     module = _module(eval_prior=True)
     with pytest.raises(RuntimeError, match="inference_mode=False"):
         _trainer().test(module, datamodule=data)
+    with pytest.raises(RuntimeError, match="inference_mode=False"):  # at setup, before any training step
+        _trainer().fit(module, datamodule=data)
     trainer = _trainer(inference_mode=False)
     trainer.test(module, datamodule=data)
     assert "test/prior" in trainer.callback_metrics
+    fitting = _trainer(inference_mode=False)
+    fitting.fit(_module(eval_prior=True), datamodule=data)
+    assert "val/prior" in fitting.callback_metrics and "train/prior" in fitting.callback_metrics
     plain = _trainer()
     plain.test(_module(), datamodule=data)  # without eval_prior: inference mode is fine, CE only
     assert "test/prior" not in plain.callback_metrics and "test/ce" in plain.callback_metrics
@@ -217,6 +241,8 @@ def test_bad_arguments_fail_on_construction() -> None:
         _module(prior="smoothness")
     with pytest.raises(ValueError, match="layer 'conv9' is not a module"):
         _module(references="mgm", deepprior_layer="conv9")
+    with pytest.raises(ValueError, match="eval_prior cannot score prior 'outside_region'"):
+        _module(prior="outside_region", eval_prior=True)
     module = _module(references="train")
     with pytest.raises(RuntimeError, match="set_reference_pool"):
         module.compute_loss(_batch(2), "train")
