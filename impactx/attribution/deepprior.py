@@ -176,10 +176,11 @@ def density_prior_map(
         fmap = layer_features(model, module, inputs)  # [B, C, h, w]
     if fmap.shape[1] != density.num_channels:
         raise ValueError(f"layer gives {fmap.shape[1]} channels but the density was fitted on {density.num_channels}")
-    # Under autocast the features may come in bf16/fp16: the density is evaluated in float32 (a triangular solve
-    # has no bf16 kernel, and a log-density in bf16 moves the map by several percent).
+    # Under autocast the features may come in bf16/fp16: the density is evaluated in at least float32 (a triangular
+    # solve has no bf16 kernel, and a log-density in bf16 moves the map by several percent).
+    fmap = fmap.to(torch.promote_types(fmap.dtype, torch.float32))
     with torch.autocast(device_type=inputs.device.type, enabled=False):
-        log_density = density.log_prob(fmap.float().permute(0, 2, 3, 1))  # [B, h, w]
+        log_density = density.log_prob(fmap.permute(0, 2, 3, 1))  # [B, h, w]
         prior = prior_probability_map(log_density, tuple(inputs.shape[-2:]), normalize)
     return prior.to(inputs.dtype)
 

@@ -120,3 +120,21 @@ def test_two_stage_under_ddp_gives_the_weights_of_one_process(tmp_path) -> None:
     assert stage1[0]["stage1_test_acc"] == pytest.approx(stage1[1]["stage1_test_acc"], abs=1e-6)
     moved = [k for k in weights[0] if "net.lep.fc" in k]
     assert moved  # stage 2 trained LEP's layer (checked against the stage-1 start in the module tests)
+
+
+def test_attribution_prior_run_writes_its_metrics_under_its_own_name(tmp_path, monkeypatch) -> None:
+    """``run`` of a prior config: method "prior", every test metric in results.json (noise curve, EG total
+    variation), the DeepPrior density in the checkpoint, and ``--run.name`` naming the log folders too."""
+    monkeypatch.chdir(tmp_path)
+    train.make_cli(["run", "--config", str(ROOT / "configs/digits_prior_mgm_tv.yaml"), "--trainer.max_epochs=1",
+                    "--trainer.enable_progress_bar=false", "--run.eval_images=8", "--run.gallery_images=0",
+                    "--run.eval_explainer={partition: {max_evals: 16}}", "--run.name=mgm_short"])
+    results = json.loads((tmp_path / "logs/mgm_short/seed0/results.json").read_text())
+    assert results["method"] == "prior" and results["experiment"] == "mgm_short"
+    metrics = results["test_metrics"]
+    assert {"test/noise_acc_mean", "test_eval/eg/total_variation", "test/ce"} <= set(metrics)
+    assert set(results["morf_aopc"]) == {"eg", "partition", "random"}
+    state = torch.load(tmp_path / "logs/mgm_short/seed0/fit.ckpt", map_location="cpu", weights_only=True)
+    assert state["state_dict"]["_extra_state"]["density"]["state"]["kind"] == "mgm"
+    assert (tmp_path / "logs/mgm_short/seed0-fit/metrics.csv").is_file()
+    assert not (tmp_path / "logs/digits_prior_mgm_tv").exists()  # the config's logger name is not used
