@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -159,17 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    rows = []
-    for backbone in args.backbones:
+    for backbone in args.backbones:  # one table per case, printed as soon as it is measured
         for batch in args.batch:
             times = time_steps({v: make_step(v, backbone, batch, device) for v in VARIANTS}, device, args.steps)
             plain, bare = times["plain"][1], times["bare"][1]
+            rows = []
             for variant in VARIANTS:
                 first, median = times[variant]
                 memory = float("nan") if args.no_memory else peak_memory_mb(variant, backbone, batch, device)
                 rows.append([backbone, batch, variant, first, median, median / plain, median / bare, memory])
-    print_table(f"Attribution-prior step overhead on {device_name(device)}, lam {LAM}, Adam, k = 1",
-                ["backbone", "batch", "step", "first ms", "median ms", "x plain", "x bare", "memory MiB"], rows)
+            print_table(f"Attribution-prior step overhead on {device_name(device)}, lam {LAM}, Adam, k = 1",
+                        ["backbone", "batch", "step", "first ms", "median ms", "x plain", "x bare", "memory MiB"],
+                        rows)
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":
