@@ -6,6 +6,8 @@
     python train.py fit --config configs/default.yaml --print_config   # the resolved config
     python train.py maps --config configs/default.yaml --ckpt_path logs/.../best.ckpt --maps.dir maps
     python train.py run --config configs/cifar10_lenet5_impactx.yaml  # every step of an experiment, resumable
+    python train.py export --ckpt_path logs/.../stage2.ckpt --format onnx --output model/   # a self-explaining artifact
+    python train.py explain --model model/ digit.png                  # its prediction and map of an image
     python train.py --help
 
 A LightningCLI: every constructor argument of the model, the data module, the trainer and its callbacks
@@ -42,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from impactx.data import DatasetNotFoundError, ImageDataModule
+from impactx.export import ArtifactError, ExportError
 from impactx.maps import MapStoreError
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.progress import MapPassProgressBar
@@ -56,6 +59,8 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 # optional dataclass), and the dict is turned into the dataclass by `options_from`.
 OPTION_GROUPS = {"maps": MapPassOptions, "run": RunOptions}
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "maps", "run")
+# Subcommands with their own parser (impactx.export.cli): no trainer, data or config file.
+ARTIFACT_SUBCOMMANDS = ("export", "explain")
 DEBUG_VARIABLES = ("IMPACTX_DEBUG", "JSONARGPARSE_DEBUG")
 
 
@@ -74,7 +79,9 @@ class CommandLineError(Exception):
 
 #: Files the command line points at are missing or unusable: exit status 1.
 #: A map store is missing, incomplete, or of other maps: exit status 1 too.
-MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError, MapStoreError)
+#: An export's checkpoint or an export folder is missing, altered or unusable: exit status 1.
+MISSING_FILE_ERRORS = (DatasetNotFoundError, PretrainedWeightsError, CheckpointNotFoundError, MapStoreError,
+                       ExportError, ArtifactError)
 #: What a constructor raises when it rejects a config value: exit status 2.
 REJECTED_VALUE_ERRORS = (ValueError, TypeError, MisconfigurationException)
 
@@ -484,7 +491,22 @@ def run_default(extra_args: list[str] | None = None) -> dict[str, Any]:
     results = cli.run_results
     if cli.trainer.is_global_zero:
         print(summary_text(results))
+        print(export_default(results, cli.datamodule))
     return results
+
+
+def export_default(results: dict[str, Any], datamodule: Any) -> str:
+    """Export the default experiment's model (``<run>/export/``, torch.export) with a test image beside it;
+    returns the lines that say where they are and the ``explain`` command to try."""
+    from impactx.export import export_checkpoint
+    from impactx.export.explain import save_example_image
+
+    checkpoint = Path(results["checkpoint"])
+    folder = checkpoint.parent / "export"
+    description = export_checkpoint(checkpoint, "exported_program", folder)
+    image = save_example_image(datamodule, folder, position=0)
+    return (f"  self-explaining export: {description.parent / json.loads(description.read_text())['artifact']}\n"
+            f"  explain a test image: python train.py explain --model {folder} {image}")
 
 
 def _percent(value: float | None) -> str:
@@ -509,12 +531,32 @@ def summary_text(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_artifact_subcommand(subcommand: str, args: list[str]) -> int:
+    """``export`` or ``explain`` (:mod:`impactx.export.cli`); returns the exit status. A value the command
+    rejects (``--top_k 0``) is a :class:`CommandLineError` with status 2."""
+    from impactx.export.cli import UsageError, explain_command, export_command
+
+    try:
+        if subcommand == "export":
+            export_command(args)
+            return 0
+        return explain_command(args)
+    except UsageError as error:
+        raise CommandLineError(str(error), 2) from error
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run ``argv`` (``None``: the command line); a user's mistake exits with its message, not a traceback."""
     args = sys.argv[1:] if argv is None else argv
     subcommand = next((a for a in args if a in SUBCOMMANDS), None)
+    if args and args[0] in ARTIFACT_SUBCOMMANDS:
+        subcommand = args[0]
     try:
-        if subcommand is None and not any(a in ("-h", "--help", "--print_config") for a in args):
+        if subcommand in ARTIFACT_SUBCOMMANDS:
+            status = run_artifact_subcommand(subcommand, list(args[1:]))
+            if status:
+                raise SystemExit(status)
+        elif subcommand is None and not any(a in ("-h", "--help", "--print_config") for a in args):
             run_default(argv)
         else:
             make_cli(argv)

@@ -8,6 +8,9 @@ The run folder (``<default_root_dir>/<experiment>/seed<seed>/`` unless ``--run.d
     fit/  fit.ckpt           baseline, ABN, attribution prior and single-stage IMPACTX: the one fit
     results.json             test accuracy and every logged test metric (IMPACTX: stage-1 accuracy, map MSE, MoRF AOPC)
 
+The test metrics are also written into the tested checkpoint (``checkpoint["impactx"]["test_metrics"]``), so
+``python train.py export`` of it states the model's test accuracy.
+
 Each fit writes Lightning's checkpoints (``last.ckpt`` and the best by the configured monitor) into its own folder
 and, when it ends, copies the best (the last when nothing is monitored) to ``<stage>.ckpt`` atomically. Running
 the command again skips every stage whose ``<stage>.ckpt`` exists, resumes a fit from its ``last.ckpt``, and
@@ -46,6 +49,7 @@ from impactx.modules.attribution_prior import AttributionPriorModule
 from impactx.modules.base import BaseModule
 from impactx.modules.classifier import ClassifierModule
 from impactx.modules.impactx import ImpactxModule
+from impactx.modules.metadata import record_test_metrics
 
 __all__ = ["METHODS", "ExperimentRunner", "RunOptions", "TrainerFactory", "method_of"]
 
@@ -199,11 +203,16 @@ class ExperimentRunner:
 
     def test(self, stage: str, module: BaseModule, datamodule: Any, ckpt_path: Path,
              callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-        """``trainer.test`` of ``ckpt_path`` with ``callbacks``; the logged metrics as floats."""
+        """``trainer.test`` of ``ckpt_path`` with ``callbacks``; the logged metrics as floats, also recorded in the
+        checkpoint (``checkpoint["impactx"]["test_metrics"]``, so an export states its test accuracy)."""
         trainer = self.make_trainer(stage, callbacks=callbacks)
         self.is_global_zero = trainer.is_global_zero
         results = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
-        return {k: float(v) for k, v in (results[0] if results else {}).items()}
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if trainer.is_global_zero and metrics:
+            record_test_metrics(ckpt_path, metrics)
+        trainer.strategy.barrier(f"{stage}-metrics")
+        return metrics
 
     # ------------------------------------------------------------------------------------ evaluation
     def _reference_explainer(self) -> dict[str, dict[str, Any]]:

@@ -42,6 +42,7 @@ class AbnModule(BaseModule):
     """
 
     explain_needs_grad = False
+    map_source = "attention"
 
     def __init__(
         self,

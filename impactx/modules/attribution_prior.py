@@ -99,6 +99,8 @@ class AttributionPriorModule(BaseModule):
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma, label_smoothing: as for the classifier.
     """
 
+    map_source = "eg"
+
     def __init__(
         self,
         backbone: str = "lenet5",

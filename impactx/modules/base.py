@@ -10,20 +10,24 @@ so its checkpoints rebuild it. The base gives it, from flat hyperparameters only
   and any extra loss terms as ``{stage}/{name}``;
 - the check, in ``setup``, that the data module's classes, channels and image size fit the model;
 - a ``predict_step`` that returns the batch's item indices next to the probabilities, so predictions join
-  to items under any sampler or DDP shard.
+  to items under any sampler or DDP shard;
+- self-describing checkpoints: ``checkpoint["impactx"]`` holds the module's class, the data's normalisation,
+  class names and shape, and the explainer an export carries (:mod:`impactx.modules.metadata`), so
+  ``python train.py export`` needs nothing but the checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from impactx.core import check_int
+from impactx.modules.metadata import METADATA_KEY, checkpoint_metadata
 from impactx.modules.optim import OptimizerSettings
 
 __all__ = ["Batch", "BaseModule", "DATA_LINKS", "LossOutput", "STAGES", "Stage"]
@@ -62,6 +66,10 @@ class BaseModule(L.LightningModule):
 
     Not named ``ImpactxModule``: that name belongs to the IMPACTX method's own module, one of its subclasses.
 
+    ``map_source`` (class attribute) says where an exported model's maps come from: ``"ig"`` (default: Integrated
+    Gradients of the prediction, in the TorchScript artifact's ``explain``), ``"eg"``, ``"decoder"`` (IMPACTX) or
+    ``"attention"`` (ABN); see :mod:`impactx.export`.
+
     Subclasses take (at least) these arguments under these names, with these defaults, and pass them on;
     the names are the checkpoints' hyperparameters and the configs' ``model.init_args`` keys
     (``train.py`` links ``num_classes``, ``in_chans`` and ``input_size`` from the data module)::
@@ -79,6 +87,8 @@ class BaseModule(L.LightningModule):
             :class:`~impactx.modules.optim.OptimizerSettings`; checked here, so a bad value fails on
             construction. Kept as ``self.optim_settings``.
     """
+
+    map_source: ClassVar[str] = "ig"
 
     def __init__(
         self,
@@ -155,6 +165,11 @@ class BaseModule(L.LightningModule):
                 raise ValueError(f"extra prediction {key!r} has shape {list(value.shape)}, expected [{index.shape[0]}, ...]")
             predictions[key] = value
         return predictions
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make the checkpoint self-describing (``checkpoint["impactx"]``, :mod:`impactx.modules.metadata`)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint[METADATA_KEY] = checkpoint_metadata(self, datamodule)
 
     def configure_optimizers(self) -> Any:
         """The optimiser over :meth:`trainable_parameters`, with the schedule stepped once per epoch."""

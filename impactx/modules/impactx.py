@@ -73,6 +73,8 @@ class ImpactxModule(BaseModule):
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma, label_smoothing: as for the classifier.
     """
 
+    map_source = "decoder"
+
     def __init__(
         self,
         backbone: str = "lenet5",
