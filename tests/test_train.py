@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def test_default_experiment_end_to_end(tmp_path, monkeypatch, capsys) -> None:
 
     restored = ImpactxModule.load_from_checkpoint(summary["checkpoint"], map_location="cpu", stage1_checkpoint=None)
     assert restored.hparams.backbone == "lenet5" and restored.hparams.num_classes == 10
+    # It ends with an export of its model and the explain command for a test image it saved; that command works.
+    command = next(line for line in out.splitlines() if "python train.py explain" in line).split("python train.py ")[1]
+    args = command.split()
+    assert args[:3] == ["explain", "--model", "logs/default/seed0/export"] and Path(args[3]).is_file()
+    description = json.loads((tmp_path / "logs/default/seed0/export/exported_program.json").read_text())["metadata"]
+    assert description["test_accuracy"] == pytest.approx(summary["test_acc"]) and description["map"]["where"] == "forward"
+    train.main([*args, "--output", "figures"])
+    assert (tmp_path / "figures" / f"{Path(args[3]).stem}.explained.png").is_file()
 
 
 def _run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:

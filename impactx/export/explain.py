@@ -126,7 +126,11 @@ def top_classes(probabilities: np.ndarray, classes: Sequence[str], k: int) -> li
     return [{"class": classes[i], "index": int(i), "probability": float(probabilities[i])} for i in order]
 
 
-def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_meaning: str, path: Path) -> None:
+MAP_TITLES = {"decoder": "IMPACTX map D(LEP(x))", "attention": "ABN attention map", "ig": "Integrated Gradients",
+              "eg": "Expected Gradients"}
+
+
+def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_info: dict[str, Any], path: Path) -> None:
     """The image, the map over it and the top classes, as a PNG at ``path`` (written to a temporary name first)."""
     import matplotlib
 
@@ -148,7 +152,7 @@ def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_meani
         overlay = axes[1].imshow(values, cmap="bwr" if signed else "inferno", alpha=0.6,
                                  vmin=-limit if signed else float(values.min()), vmax=limit)
         fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.04)
-        axes[1].set_title("map", fontsize=10)
+        axes[1].set_title(MAP_TITLES.get(map_info.get("source"), "map"), fontsize=10)
     for ax in axes[:-1]:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -162,7 +166,8 @@ def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_meani
     bars.set_title("top classes")
     fig.suptitle(f"{explanation.path.name}: {top[0]['class']} ({top[0]['probability']:.1%})", fontsize=11)
     if explanation.map is None:
-        fig.text(0.5, 0.01, "this artifact carries no map (" + map_meaning + ")", ha="center", fontsize=7)
+        fig.text(0.5, 0.01, "this artifact carries no map: " + str(map_info.get("note", "")), ha="center", fontsize=7,
+                 wrap=True)
     fig.tight_layout()
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
@@ -211,7 +216,7 @@ def explain_files(model: ExportedModel, images: Sequence[str | Path], output: st
         if draw_figures:
             output.mkdir(parents=True, exist_ok=True)
             figure = figure_path(output, path, taken)
-            draw(explanation, classes, top_k, map_info.get("note") or map_info.get("meaning", ""), figure)
+            draw(explanation, classes, top_k, map_info, figure)
             result["figure"] = str(figure)
         results.append(result)
     return results, errors

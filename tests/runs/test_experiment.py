@@ -84,6 +84,9 @@ def test_one_fit_methods_write_results(config, tmp_path, monkeypatch) -> None:
     assert (tmp_path / f"logs/{config}/seed0/fit.ckpt").is_file()
     expected = {"partition", "random"} | ({"self"} if config == "digits_abn" else set())
     assert set(results["morf_aopc"]) == expected
+    # The tested checkpoint records its test metrics (what an export states as the model's accuracy).
+    recorded = torch.load(tmp_path / f"logs/{config}/seed0/fit.ckpt", map_location="cpu", weights_only=True)
+    assert recorded["impactx"]["test_metrics"]["test/acc"] == pytest.approx(results["test_acc"])
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
