@@ -62,3 +62,10 @@ def test_import_attribution_loads_no_optional_reference():
     loaded = _loaded_after("import impactx.attribution")
     assert "impactx.attribution.partition.owen" in loaded  # registered methods are there
     assert not {"shap", "lightning", "callbacks"} & {m.split(".")[0] for m in loaded}
+
+
+def test_standalone_loader_imports_only_torch_and_the_standard_library():
+    """``impactx/export/standalone.py`` is copied beside every artifact and must run where impactx is not."""
+    imported = {m.split(".")[0] for m in _imported_modules(ROOT / "impactx/export/standalone.py")}
+    allowed = set(sys.stdlib_module_names) | {"torch", "onnxruntime", "__future__"}
+    assert imported - allowed == set()
