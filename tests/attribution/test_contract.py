@@ -26,6 +26,9 @@ FAST_OPTIONS: dict[str, dict] = {
     "deepprior_eg": {"n_samples": 4, "n_components": 2, "max_fit_pixels": 500},
     "partition": {"max_evals": 64},
     "shap_partition": {"max_evals": 64},
+    "smoothgrad": {"n_samples": 3},
+    "smoothgrad_sq": {"n_samples": 3},
+    "vargrad": {"n_samples": 3},
 }
 TAKES_BACKGROUND = {"eg", "wg", "deepprior_eg"}
 

@@ -1,0 +1,181 @@
+"""Single-gradient methods, the noise wrappers and the CAM family against Captum, pytorch-grad-cam and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from impactx.attribution import attribute, create_explainer
+from impactx.attribution.gradients import keyed_normal
+
+captum_attr = pytest.importorskip("captum.attr")
+pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+
+
+class ReluNet(nn.Module):
+    """Conv-ReLU-MaxPool-Conv-ReLU-Linear with ReLU modules (what guided backprop and Captum's hooks need)."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 6 * 6, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.fixture
+def relu_net() -> ReluNet:
+    torch.manual_seed(0)
+    return ReluNet().double().eval()
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn(4, 3, 12, 12, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 4])
+
+
+@pytest.mark.parametrize(("name", "options", "reference"), [
+    ("saliency", {}, lambda m: captum_attr.Saliency(m)),
+    ("saliency", {"abs": False}, lambda m: captum_attr.Saliency(m)),
+    ("gradient", {}, lambda m: captum_attr.Saliency(m)),
+    ("input_x_gradient", {}, lambda m: captum_attr.InputXGradient(m)),
+    ("guided_backprop", {}, lambda m: captum_attr.GuidedBackprop(m)),
+])
+def test_gradient_methods_equal_captum(relu_net, batch, name, options, reference) -> None:
+    x, t = batch
+    kwargs = {"abs": options.get("abs", True)} if name == "saliency" else {}
+    if name == "gradient":
+        kwargs = {"abs": False}
+    expected = reference(relu_net).attribute(x, target=t, **kwargs)
+    torch.testing.assert_close(attribute(name, relu_net, x, t, **options), expected, atol=1e-12, rtol=0)
+
+
+def test_guided_backprop_differs_from_the_gradient(relu_net, batch) -> None:
+    """Guiding matters on this net: otherwise the Captum comparison above could not tell the two apart."""
+    x, t = batch
+    assert not torch.allclose(attribute("guided_backprop", relu_net, x, t), attribute("gradient", relu_net, x, t))
+
+
+@pytest.mark.parametrize("kind", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+def test_noise_wrappers_equal_captum_noise_tunnel_on_the_same_noise(relu_net, batch, monkeypatch, kind, method) -> None:
+    x, t = batch
+    explainer = create_explainer(kind, method=method, n_samples=5, stdev=0.3, seed=7)
+    noise = explainer.noise(x)
+    assert noise.shape == (4, 5, 3, 12, 12) and 0.2 < float(noise.std()) < 0.4
+
+    def captum_noise(input, stdev, samples):  # noqa: A002  (Captum's argument names)
+        assert samples == 5 and stdev == 0.3
+        return input.repeat_interleave(samples, dim=0) + noise.reshape(-1, *input.shape[1:])
+
+    monkeypatch.setattr(captum_attr.NoiseTunnel, "_add_noise_to_input", staticmethod(captum_noise))
+    inner = captum_attr.Saliency(relu_net) if method == "saliency" else captum_attr.InputXGradient(relu_net)
+    expected = captum_attr.NoiseTunnel(inner).attribute(x, nt_type=kind, nt_samples=5, stdevs=0.3, target=t)
+    torch.testing.assert_close(explainer(relu_net, x, t), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_closed_forms_on_a_linear_model() -> None:
+    """f(x) = W x + b: the gradient is W_t everywhere, so SmoothGrad of it is W_t and VarGrad is 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double().eval()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1, 0])
+    rows = model[1].weight[t].view(5, 2, 4, 4).detach()
+    torch.testing.assert_close(attribute("gradient", model, x, t), rows)
+    torch.testing.assert_close(attribute("input_x_gradient", model, x, t), x * rows)
+    torch.testing.assert_close(attribute("smoothgrad", model, x, t, method="gradient", n_samples=4), rows)
+    vargrad = attribute("vargrad", model, x, t, method="gradient", n_samples=4)
+    torch.testing.assert_close(vargrad, torch.zeros_like(vargrad), atol=1e-12, rtol=0)
+
+
+def test_keyed_noise_is_standard_normal_and_per_image() -> None:
+    x = torch.randn(3, 1, 16, 16)
+    noise = keyed_normal(x, 64, seed=0)
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
+    torch.testing.assert_close(keyed_normal(x[1:2], 64, seed=0), noise[1:2], atol=0, rtol=0)
+    assert not torch.allclose(keyed_normal(x, 64, seed=1), noise)
+
+
+def test_create_graph_methods_are_differentiable(make_tiny_cnn, tiny_images) -> None:
+    """d/dtheta of sum(map) by autograd equals a central finite difference, on a smooth network."""
+    model = make_tiny_cnn()
+    t = torch.tensor([0, 1, 2, 0])
+    weight = model.body[0].weight
+    for name, options in [("gradient", {}), ("input_x_gradient", {}), ("saliency", {}), ("gradcam", {}),
+                          ("gradcam_pp", {}), ("smoothgrad", {"method": "gradient", "method_options":
+                                                              {"create_graph": True}, "n_samples": 2})]:
+        if name != "smoothgrad":
+            options = {**options, "create_graph": True}
+        explainer = create_explainer(name, **options)
+        (grad,) = torch.autograd.grad(explainer(model, tiny_images, t).sum(), weight)
+        index = (1, 0, 1, 1)
+        step = 1e-6
+        with torch.no_grad():
+            weight[index] += step
+            up = float(explainer(model, tiny_images, t).sum())
+            weight[index] -= 2 * step
+            down = float(explainer(model, tiny_images, t).sum())
+            weight[index] += step
+        assert float(grad[index]) == pytest.approx((up - down) / (2 * step), rel=1e-4, abs=1e-8), name
+
+
+# ---------------------------------------------------------------------------------------------- CAMs
+def test_gradcam_equals_captum_layer_gradcam(relu_net, batch) -> None:
+    x, t = batch
+    layer = captum_attr.LayerGradCam(relu_net, relu_net.features[3]).attribute(x, target=t, relu_attributions=True)
+    for mode in ("bilinear", "nearest"):
+        expected = captum_attr.LayerAttribution.interpolate(layer, (12, 12), interpolate_mode=mode)
+        ours = attribute("gradcam", relu_net, x, t, layer="features.3", interpolate_mode=mode)
+        assert ours.shape == x.shape
+        torch.testing.assert_close(ours.sum(dim=1, keepdim=True), expected, atol=1e-12, rtol=0)
+        torch.testing.assert_close(ours[:, :1] * 3, expected, atol=1e-12, rtol=0)  # map / C on each channel
+    assert float(layer.detach().abs().max()) > 0
+
+
+def test_default_layer_is_the_last_convolution(relu_net, batch) -> None:
+    x, t = batch
+    torch.testing.assert_close(attribute("gradcam", relu_net, x, t),
+                               attribute("gradcam", relu_net, x, t, layer="features.3"))
+    assert not torch.allclose(attribute("gradcam", relu_net, x, t, layer="features.0"),
+                              attribute("gradcam", relu_net, x, t))
+    with pytest.raises(ValueError, match="not a module.*features.0"):
+        attribute("gradcam", relu_net, x, t, layer="features.9")
+
+
+def test_guided_gradcam_equals_captum(relu_net, batch) -> None:
+    x, t = batch
+    expected = captum_attr.GuidedGradCam(relu_net, relu_net.features[3]).attribute(x, target=t)
+    torch.testing.assert_close(attribute("guided_gradcam", relu_net, x, t), expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "reference"), [("gradcam", "GradCAM"), ("gradcam_pp", "GradCAMPlusPlus"),
+                                                 ("scorecam", "ScoreCAM")])
+def test_cams_equal_pytorch_grad_cam(relu_net, batch, name, reference) -> None:
+    """pytorch-grad-cam min-max scales each layer map, resizes it with OpenCV and scales it again; the same
+    post-processing is applied to impactx's layer maps (float32, as pytorch-grad-cam computes)."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = relu_net.float()
+    x, t = batch[0].float(), batch[1]
+    cls = getattr(pytorch_grad_cam, reference)
+    with cls(model=model, target_layers=[model.features[3]]) as cam:
+        if name == "scorecam":
+            cam.batch_size = 64
+        expected = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
+    ours = create_explainer(name).layer_maps(model, x, t)[:, 0].detach().numpy()
+    np.testing.assert_allclose(scale_cam_image(scale_cam_image(ours, (12, 12))), expected, atol=2e-6)
+    assert float(np.ptp(expected)) > 0.5
+
+
+def test_scorecam_runs_under_inference_mode(relu_net, batch) -> None:
+    x, t = batch
+    expected = attribute("scorecam", relu_net, x, t)
+    with torch.inference_mode():
+        torch.testing.assert_close(attribute("scorecam", relu_net, x, t, internal_batch_size=5), expected)
