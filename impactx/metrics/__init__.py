@@ -2,7 +2,9 @@
 
 Faithfulness: :class:`MoRF`, :class:`LeRF` (AOPC), :class:`DeletionAUC`, :class:`InsertionAUC`, the
 keep/remove family (:class:`KPM` ... :class:`RAM`), :class:`AverageDrop`, :class:`IncreaseInConfidence`.
-Localisation: :class:`OverlapAUC`. Complexity: :class:`Sparseness`, :class:`TotalVariation`. Robustness: :class:`MaxSensitivity`
+Localisation (against object masks): :class:`OverlapAUC`, :class:`PointingGame`, :class:`RelevanceMassAccuracy`,
+:class:`RelevanceRankAccuracy`, :class:`AttributionLocalisation`. Complexity: :class:`Sparseness`,
+:class:`TotalVariation`, :class:`EntropyComplexity`, :class:`EffectiveComplexity`. Robustness: :class:`MaxSensitivity`
 (of a map), :class:`NoiseAccuracy` (of the model). Sanity: :class:`ModelParameterRandomisation`.
 The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
 
@@ -13,6 +15,7 @@ perturbation curves fill what they remove is one :class:`Perturbation` (``pertur
 
 from impactx.metrics import functional
 from impactx.metrics.base import CurveMetric, ScalarMetric
+from impactx.metrics.complexity import EffectiveComplexity, EntropyComplexity
 from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
 from impactx.metrics.deletion import DeletionAUC, InsertionAUC
 from impactx.metrics.functional.perturbation import Perturbation
@@ -31,6 +34,12 @@ from impactx.metrics.keep_remove import (
     RemoveNegativeMean,
     RemovePositiveMean,
 )
+from impactx.metrics.localisation import (
+    AttributionLocalisation,
+    PointingGame,
+    RelevanceMassAccuracy,
+    RelevanceRankAccuracy,
+)
 from impactx.metrics.noise_accuracy import NoiseAccuracy
 from impactx.metrics.overlap import OverlapAUC
 from impactx.metrics.randomisation import ModelParameterRandomisation
@@ -47,9 +56,12 @@ __all__ = [
     "RAM",
     "RNM",
     "RPM",
+    "AttributionLocalisation",
     "AverageDrop",
     "CurveMetric",
     "DeletionAUC",
+    "EffectiveComplexity",
+    "EntropyComplexity",
     "IncreaseInConfidence",
     "InsertionAUC",
     "KeepAbsoluteMean",
@@ -62,6 +74,9 @@ __all__ = [
     "MoRF",
     "NoiseAccuracy",
     "OverlapAUC",
+    "PointingGame",
+    "RelevanceMassAccuracy",
+    "RelevanceRankAccuracy",
     "RemoveAbsoluteMean",
     "RemoveNegativeMean",
     "RemovePositiveMean",
