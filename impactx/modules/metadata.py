@@ -55,8 +55,11 @@ def _plain(value: Any) -> Any:
 
 
 def data_description(datamodule: Any) -> dict[str, Any] | None:
-    """The data module's identity, shape and normalisation (``None`` for ``None``)."""
-    if datamodule is None:
+    """The data module's identity, shape and normalisation; ``None`` for ``None`` or for a data module that does
+    not declare them (``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std``: any
+    :class:`~impactx.data.ImageDataModule` does)."""
+    required = ("num_classes", "in_chans", "image_size", "mean", "std")
+    if datamodule is None or any(getattr(datamodule, name, None) is None for name in required):
         return None
     hparams = getattr(datamodule, "hparams", {}) or {}
     cls = type(datamodule)
@@ -122,10 +125,14 @@ def checkpoint_metadata(module: Any, datamodule: Any) -> dict[str, Any]:
 
 
 def record_test_metrics(ckpt_path: str | Path, metrics: dict[str, float]) -> None:
-    """Write ``metrics`` into ``checkpoint["impactx"]["test_metrics"]`` of ``ckpt_path`` (atomically)."""
+    """Write ``metrics`` into ``checkpoint["impactx"]["test_metrics"]`` of ``ckpt_path`` (atomically); the file
+    is not touched when it already records exactly these."""
     path = Path(ckpt_path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    checkpoint.setdefault(METADATA_KEY, {})["test_metrics"] = {k: float(v) for k, v in metrics.items()}
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if checkpoint.get(METADATA_KEY, {}).get("test_metrics") == metrics:
+        return
+    checkpoint.setdefault(METADATA_KEY, {})["test_metrics"] = metrics
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
