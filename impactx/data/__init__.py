@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from impactx.data.base import SPLITS, DatasetNotFoundError, ImageDataModule, carve_validation
+from impactx.data.canvas import CanvasDigitsDataModule
 from impactx.data.digits import DigitsDataModule
 from impactx.data.imagefolder import ImageFolderDataModule
 from impactx.data.indexed import IndexedDataset
@@ -25,6 +26,7 @@ from impactx.data.torchvision_sets import (
 __all__ = [
     "CIFAR100DataModule",
     "CIFAR10DataModule",
+    "CanvasDigitsDataModule",
     "DATAMODULES",
     "DatasetNotFoundError",
     "DigitsDataModule",
@@ -41,6 +43,7 @@ __all__ = [
 
 DATAMODULES: dict[str, type[ImageDataModule]] = {
     "digits": DigitsDataModule,
+    "digits_canvas": CanvasDigitsDataModule,
     "mnist": MNISTDataModule,
     "cifar10": CIFAR10DataModule,
     "cifar100": CIFAR100DataModule,

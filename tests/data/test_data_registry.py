@@ -7,7 +7,7 @@ from torch import nn
 
 from impactx.data import DATAMODULES, DigitsDataModule, ImageDataModule, create_datamodule
 
-NAMES = ["digits", "mnist", "cifar10", "cifar100", "stl10", "imagefolder"]
+NAMES = ["digits", "digits_canvas", "mnist", "cifar10", "cifar100", "stl10", "imagefolder"]
 
 
 def _kwargs(name: str, tmp_path) -> dict:
