@@ -153,12 +153,17 @@ class ExplanationEvaluation(ExplanationCallback):
                 "(or self_maps=False) and no explainers are configured"
             )
         suite = MetricSuite(self.metrics, sources, pl_module, device)
+        mask_source = getattr(trainer.datamodule, "masks", None) if suite.needs_masks else None
+        if suite.needs_masks and mask_source is None:
+            raise ValueError(f"the localisation metrics need object masks, and {type(trainer.datamodule).__name__} "
+                             "serves none (a data module with masks(split, index), e.g. digits_canvas)")
         with eval_mode(pl_module):
-            for images, labels, _ in batches(dataset, shard(positions, trainer.global_rank, trainer.world_size),
-                                             self.batch_size, device):
+            for images, labels, index in batches(dataset, shard(positions, trainer.global_rank, trainer.world_size),
+                                                 self.batch_size, device):
                 with torch.no_grad():
                     targets = self.explained_classes(pl_module(images), labels)
-                suite.update(images, targets, labels)
+                masks = None if mask_source is None else mask_source(self.splits[stage], index).to(device)
+                suite.update(images, targets, labels, masks)
         return suite.compute()
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: Stage) -> None:

@@ -4,6 +4,8 @@ Each metric is one of four kinds, by what its ``update`` needs:
 
 - ``maps``: ``update(model, images, targets, maps)`` (MoRF, LeRF, deletion, insertion, keep/remove, ...);
 - ``maps_only``: ``update(maps)`` (sparseness);
+- ``masks``: ``update(maps, masks)`` against the items' object masks (pointing game, relevance mass ...), which the
+  data module serves by index (``datamodule.masks(split, index)``, e.g. ``digits_canvas``);
 - ``explainer``: also re-explains perturbed inputs or a randomised model copy (max-sensitivity, randomisation);
 - ``model``: of the model alone, computed once, not per map source (noise-accuracy curve).
 
@@ -25,7 +27,7 @@ from impactx import metrics as M
 from impactx.attribution.sources import MapSource
 from impactx.attribution.specs import normalise_named_options
 
-Kind = Literal["maps", "maps_only", "explainer", "model"]
+Kind = Literal["maps", "maps_only", "masks", "explainer", "model"]
 XAxis = Literal["steps", "fraction", "noise", "layers"]
 
 MODEL = "model"
@@ -64,6 +66,12 @@ METRICS: dict[str, MetricInfo] = {
     "increase_in_confidence": MetricInfo(M.IncreaseInConfidence, "maps"),
     "sparseness": MetricInfo(M.Sparseness, "maps_only"),
     "total_variation": MetricInfo(M.TotalVariation, "maps_only"),
+    "entropy_complexity": MetricInfo(M.EntropyComplexity, "maps_only"),
+    "effective_complexity": MetricInfo(M.EffectiveComplexity, "maps_only"),
+    "pointing_game": MetricInfo(M.PointingGame, "masks"),
+    "relevance_mass_accuracy": MetricInfo(M.RelevanceMassAccuracy, "masks"),
+    "relevance_rank_accuracy": MetricInfo(M.RelevanceRankAccuracy, "masks"),
+    "attribution_localisation": MetricInfo(M.AttributionLocalisation, "masks"),
     "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
     "randomisation": MetricInfo(
         M.ModelParameterRandomisation, "explainer", "Model-parameter randomisation", "layers",
@@ -167,9 +175,18 @@ class MetricSuite:
                 if METRICS[name].kind != "model"
             }
 
-    def update(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> None:
+    @property
+    def needs_masks(self) -> bool:
+        return any(METRICS[name].kind == "masks" for built in self.per_source.values() for name in built)
+
+    def update(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+               masks: torch.Tensor | None = None) -> None:
         """One batch: ``images [B,C,H,W]`` on the model's device, ``targets [B]`` (the explained classes),
-        ``labels [B]`` (the true classes, which model-level metrics such as noise-accuracy score against)."""
+        ``labels [B]`` (the true classes, which model-level metrics such as noise-accuracy score against),
+        ``masks [B,1,H,W]`` (object masks; needed by the ``masks`` metrics only)."""
+        if masks is None and self.needs_masks:
+            raise ValueError("localisation metrics need the items' object masks (a data module with masks(), "
+                             "e.g. digits_canvas)")
         for metric in self.model_metrics.values():
             metric.update(self.model, images, labels)
         for source in self.sources:
@@ -177,6 +194,8 @@ class MetricSuite:
             for name, metric in self.per_source[source.name].items():
                 if METRICS[name].kind == "maps_only":
                     metric.update(maps)
+                elif METRICS[name].kind == "masks":
+                    metric.update(maps, masks)
                 else:
                     metric.update(self.model, images, targets, maps)
 

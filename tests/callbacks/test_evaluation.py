@@ -224,3 +224,32 @@ def test_explain_metrics_re_explain_with_the_module_own_maps(make_trainer, digit
     assert float(trainer.callback_metrics["test_eval/self/randomisation_mean"]) == pytest.approx(
         float(expected_curve.nanmean()), abs=1e-5
     )
+
+
+def test_localisation_metrics_read_the_object_masks_of_the_items(make_trainer, lenet):
+    """On ``digits_canvas`` the suite gets each evaluated item's mask by index; the logged values equal the
+    metrics fed directly with the same subset, maps and masks."""
+    from impactx.data import CanvasDigitsDataModule
+    from impactx.metrics import PointingGame, RelevanceMassAccuracy
+
+    canvas = CanvasDigitsDataModule(batch_size=32)
+    metrics = {"pointing_game": {}, "relevance_mass_accuracy": {"abs": True}, "entropy_complexity": {}}
+    callback = ExplanationEvaluation(explainers={"gradcam": {}}, metrics=metrics, num_images=24, batch_size=10)
+    make_trainer([callback]).test(lenet, datamodule=canvas, verbose=False)
+    positions = callback.positions["test"]
+    images, labels = subset_batch(canvas, positions)
+    index = torch.tensor([canvas.dataset("test")[int(i)][2] for i in positions])
+    with torch.no_grad():
+        targets = lenet(images).argmax(dim=1)
+    maps = create_explainer("gradcam", reduce_channels=True)(lenet, images, targets)
+    masks = canvas.masks("test", index)
+    for name, metric in (("pointing_game", PointingGame()), ("relevance_mass_accuracy", RelevanceMassAccuracy(abs=True))):
+        metric.update(maps, masks)
+        logged = callback.results["test"]["gradcam"][name].scalars
+        assert float(next(iter(logged.values()))) == pytest.approx(float(metric.compute()), abs=1e-6), name
+
+
+def test_localisation_metrics_without_masks_are_a_clear_error(make_trainer, digits, lenet):
+    callback = ExplanationEvaluation(explainers={"gradcam": {}}, metrics=["pointing_game"], num_images=4)
+    with pytest.raises(ValueError, match="object masks.*DigitsDataModule"):
+        make_trainer([callback]).test(lenet, datamodule=digits, verbose=False)
