@@ -18,10 +18,18 @@ from torch import nn
 from impactx.attribution.base import Explainer
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
-from impactx.core import Output, check_internal_batch_size, check_output
+from impactx.core import (
+    Output,
+    check_inputs,
+    check_internal_batch_size,
+    check_output,
+    eval_mode,
+    forward_scores,
+)
 
-Quadrature = Literal["riemann_trapezoid", "gausslegendre"]
-QUADRATURES: tuple[str, ...] = ("riemann_trapezoid", "gausslegendre")
+Quadrature = Literal["riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre"]
+QUADRATURES: tuple[str, ...] = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle",
+                                "gausslegendre")
 
 
 def quadrature(method: Quadrature, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +41,8 @@ def quadrature(method: Quadrature, n_steps: int) -> tuple[torch.Tensor, torch.Te
     - ``"riemann_trapezoid"``: nodes ``linspace(0, 1, n)``, weights ``1/n`` with both end weights halved.
       Note: these weights sum to ``1 - 1/n`` (a true trapezoid rule on these nodes would use ``1/(n-1)``),
       so completeness holds only up to a relative ``1/n``; kept for agreement with captum.
+    - ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``: nodes ``i/n``, ``(i+1)/n``, ``(i+1/2)/n``
+      for ``i = 0..n-1``, weights ``1/n`` (sum 1).
     - ``"gausslegendre"``: Gauss-Legendre nodes and weights mapped from ``[-1, 1]`` to ``[0, 1]``
       (weights sum to 1; exact for polynomials of degree ``2n - 1`` along the path).
     """
@@ -49,7 +59,11 @@ def quadrature(method: Quadrature, n_steps: int) -> tuple[torch.Tensor, torch.Te
         weights[-1] /= 2
         return alphas, weights
     if n_steps < 1:
-        raise ValueError(f"gausslegendre needs n_steps >= 1, got {n_steps}")
+        raise ValueError(f"{method} needs n_steps >= 1, got {n_steps}")
+    if method.startswith("riemann_"):
+        offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[method]
+        alphas = (torch.arange(n_steps, dtype=torch.float64) + offset) / n_steps
+        return alphas, torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
     nodes, w = np.polynomial.legendre.leggauss(n_steps)
     return torch.from_numpy(0.5 * (1.0 + nodes)), torch.from_numpy(0.5 * w)
 
@@ -88,9 +102,12 @@ class IntegratedGradients(Explainer):
         output: explained score: ``"logit"``, ``"prob"`` (softmax) or ``"log_prob"``.
         create_graph: keep the graph, so the attributions can be backpropagated to the model's parameters.
         internal_batch_size: at most this many path points per forward/backward (``None``: all at once).
+        multiply_by_inputs: ``False``: the mean gradient along the path, without the factor ``(x - baseline)``
+            (Captum's option).
         reduce_channels: sum the attributions over channels (``[B,1,H,W]``).
 
-    ``explainer(model, x [B,C,H,W], target [B]) -> [B,C,H,W]``.
+    ``explainer(model, x [B,C,H,W], target [B]) -> [B,C,H,W]``; :meth:`compute_convergence_delta` gives
+    Captum's convergence delta of such a result.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class IntegratedGradients(Explainer):
         output: Output = "logit",
         create_graph: bool = False,
         internal_batch_size: int | None = None,
+        multiply_by_inputs: bool = True,
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
@@ -113,6 +131,7 @@ class IntegratedGradients(Explainer):
         self.output = output
         self.create_graph = create_graph
         self.internal_batch_size = internal_batch_size
+        self.multiply_by_inputs = bool(multiply_by_inputs)
 
     def _attribute(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, background: torch.Tensor | None
@@ -130,4 +149,16 @@ class IntegratedGradients(Explainer):
             output=self.output,
             create_graph=self.create_graph,
             internal_batch_size=self.internal_batch_size,
+            multiply_by_inputs=self.multiply_by_inputs,
         )
+
+    def compute_convergence_delta(self, model: nn.Module, attributions: torch.Tensor, inputs: torch.Tensor,
+                                  target: torch.Tensor | int) -> torch.Tensor:
+        """Captum's convergence delta ``[B]``: ``sum(attributions) - (f_t(x) - f_t(baseline))`` per image (how far
+        the quadrature is from completeness; meaningful for ``multiply_by_inputs=True``)."""
+        target_t = check_inputs(inputs, target, getattr(model, "num_classes", None))
+        baseline = resolve_baseline(self.baseline, inputs)
+        with eval_mode(model):
+            gap = forward_scores(model, inputs, target_t, self.output) - forward_scores(model, baseline, target_t,
+                                                                                         self.output)
+        return attributions.flatten(1).sum(dim=1).to(gap.dtype) - gap

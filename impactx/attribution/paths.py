@@ -27,6 +27,7 @@ def path_attribution(
     output: Output = "logit",
     create_graph: bool = False,
     internal_batch_size: int | None = None,
+    multiply_by_inputs: bool = True,
 ) -> torch.Tensor:
     """Weighted path attribution.
 
@@ -41,6 +42,8 @@ def path_attribution(
         internal_batch_size: at most this many path points per forward/backward pass (``None``: all).
             Points are built block by block (whole images, or slices of one image's samples), so memory
             is bounded by the block, not by ``B * S``.
+        multiply_by_inputs: ``False`` leaves out the factor ``(x - r_s)``: the weighted mean gradient along the
+            paths (Captum's ``multiply_by_inputs=False``, a "local" attribution).
 
     Returns:
         ``[B, C, H, W]`` attributions.
@@ -72,12 +75,12 @@ def path_attribution(
                 model, points, target[rows].repeat_interleave(s), output=output, create_graph=create_graph
             )
             grads = grads.view(n, s, *inputs.shape[1:])
-            if shared_reference:
-                part = (w * grads).sum(dim=1)  # multiplied by (x - r) once, below
+            if shared_reference or not multiply_by_inputs:
+                part = (w * grads).sum(dim=1)  # multiplied by (x - r) once, below (or not at all)
             else:
                 part = (w * delta * grads).sum(dim=1)
             total = part if total is None else total + part
-        if shared_reference:
+        if shared_reference and multiply_by_inputs:
             total = total * (inputs[rows] - references[rows, 0])
         blocks.append(total)
     return torch.cat(blocks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
+from torch import nn
 
 from impactx.attribution import attribute, create_explainer
 from impactx.attribution.ig import IntegratedGradients, quadrature
@@ -121,3 +122,27 @@ def test_bad_baseline(tiny_cnn, tiny_images):
         create_explainer("ig", baseline=torch.zeros(2, 1, 8, 8))(tiny_cnn, tiny_images, 0)
     with pytest.raises(ValueError, match="baseline must be"):
         create_explainer("ig", baseline="ones")(tiny_cnn, tiny_images, 0)
+
+
+@pytest.mark.parametrize("method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
+                                    "gausslegendre"])
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_ig_rules_multiply_by_inputs_and_convergence_delta_equal_captum(method, multiply_by_inputs) -> None:
+    """Captum's Riemann rules (left, right, middle, trapezoid) and Gauss-Legendre, with and without
+    ``multiply_by_inputs``, and its ``return_convergence_delta``, on a smooth float64 network."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    model = model.double().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    baseline = 0.1 * torch.randn(1, 8, 8, dtype=torch.float64)
+    expected, delta = CaptumIG(model, multiply_by_inputs=multiply_by_inputs).attribute(
+        x, baselines=baseline.expand_as(x), target=target, n_steps=7, method=method, return_convergence_delta=True)
+    ours = IntegratedGradients(n_steps=7, baseline=baseline, method=method, multiply_by_inputs=multiply_by_inputs)
+    attributions = ours(model, x, target)
+    # Captum builds the Riemann nodes in float32.
+    tolerance = 1e-10 if method == "gausslegendre" else 1e-7
+    torch.testing.assert_close(attributions, expected, atol=tolerance, rtol=tolerance)
+    if multiply_by_inputs:
+        torch.testing.assert_close(ours.compute_convergence_delta(model, attributions, x, target), delta,
+                                   atol=tolerance, rtol=tolerance)
