@@ -132,3 +132,18 @@ def test_a_refreshed_store_is_not_reused_for_the_original_model(tmp_path, capsys
     MapStore.open(folder, writable=True).update_manifest(refreshed_from="f" * 64)
     with pytest.raises(MapStoreError, match="recomputed during training from other weights"):
         run_map_pass(trainer(), model, data, options(tmp_path))
+
+
+@pytest.mark.parametrize(("method", "options"), [("gradcam", {}), ("smoothgrad", {"n_samples": 3}),
+                                                 ("input_x_gradient", {}), ("scorecam", {})])
+def test_new_methods_fill_a_store_with_their_maps(tmp_path, method, options):
+    """The survey's methods and the CAMs are target-map methods of the map pass like the others."""
+    model, data = tiny_model(), FakeDataModule()
+    folder = run_map_pass(trainer(), model, data, MapPassOptions(method=method, options=options, dir=str(tmp_path),
+                                                                 batch_size=5))
+    store = MapStore.open(folder)
+    assert store.is_complete and store.key.explainer == method
+    expected = attribute(method, model, data.items.images, data.items.labels, **options, seed=0) \
+        if method == "smoothgrad" else attribute(method, model, data.items.images, data.items.labels, **options)
+    torch.testing.assert_close(store.read(range(22), normalisation="none"), expected.sum(dim=1, keepdim=True),
+                               rtol=1e-5, atol=1e-6)
