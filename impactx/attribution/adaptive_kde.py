@@ -1,0 +1,181 @@
+"""Locally adaptive Gaussian kernel density estimation (Shimazaki & Shinomoto, 2010), batched over samples sets,
+as ADVISE's ``ADVISEkernel.m`` computes it (dehshibi/ADVISE; itself Shimazaki's ``ssvkernel``).
+
+For each set ``x`` (one row of ``samples [K,N]``), on the grid ``tin`` (``L0`` points):
+
+1. ``t = tin``, or a coarser grid ``linspace(min, max, ceil(T / dt_samp))`` when the smallest positive gap
+   between the sorted samples (inside ``[min tin, max tin]``) exceeds the grid step; ``dt`` its step.
+2. The finest histogram ``y_hist = histc(x, t - dt/2) / dt`` (MATLAB's ``histc``: bin ``k`` holds
+   ``e_k <= x < e_{k+1}``, the last bin only ``x == e_L``), ``N`` the samples counted.
+3. ``M`` bandwidths ``W = logexp(linspace(ilogexp(5 dt), ilogexp(T), M))``; for each, the local cost
+   ``c_j = yh^2 - 2 yh y_hist + 2 / sqrt(2 pi) / w_j * y_hist`` with ``yh`` the histogram smoothed by ``w_j``
+   (FFT convolution, zero padding to a power of two beyond ``L + 3w``).
+4. For each window ``WIN_i``, the locally optimal bandwidth ``optws[i, l] = W[argmin_j (c_j smoothed by WIN_i)]``.
+5. A golden-section search (at most 29 steps, tolerance 1e-5) of the stiffness ``g`` in ``(1e-12, 1)``
+   minimising the cost of the variable-bandwidth (balloon) estimate; the estimate of the last evaluated ``g``,
+   normalised to unit area, interpolated linearly back to ``tin``.
+
+A set the MATLAB code would fail on (its ``try`` returns nothing: the search never ran) gets ``ok = False``.
+Everything is tensor code over all sets at once; sets are grouped by their grid length ``L`` (most share
+``tin``). Computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["adaptive_kde", "count_peaks"]
+
+_SQRT_2PI = math.sqrt(2 * math.pi)
+_PHI = (math.sqrt(5) + 1) / 2
+
+
+def _logexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 1e2, torch.log1p(torch.exp(torch.clamp(x, max=1e2))), x)
+
+
+def _ilogexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 1e2, torch.log(torch.expm1(torch.clamp(x, max=1e2))), x)
+
+
+def _fft_smooth(x: torch.Tensor, w: float) -> torch.Tensor:
+    """``x [..., L]`` convolved with a Gaussian of ``w`` samples (``fftkernel`` of the MATLAB code)."""
+    length = x.shape[-1]
+    n = 2 ** math.ceil(math.log2(length + 3 * w))
+    f = torch.cat([-torch.arange(0, n // 2 + 1, dtype=x.dtype), torch.arange(n // 2 - 1, 0, -1, dtype=x.dtype)]) / n
+    kernel = torch.exp(-0.5 * (w * 2 * math.pi * f) ** 2).to(x.device)
+    return torch.fft.ifft(torch.fft.fft(x, n=n) * kernel, n=n).real[..., :length]
+
+
+def _gauss(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-(x**2) / 2 / w**2) / _SQRT_2PI / w
+
+
+def _cost(y_hist: torch.Tensor, n: torch.Tensor, t: torch.Tensor, dt: float, optws: torch.Tensor,
+          win: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MATLAB ``CostFunction`` for stiffness ``g [K]``: ``(cost [K], estimate yv [K,L])``."""
+    gs = optws / win.view(1, -1, 1)  # [K, M, L]
+    g3 = g.view(-1, 1, 1)
+    m = gs.shape[1]
+    ge = gs >= g3
+    last = m - 1 - torch.flip(ge, dims=[1]).to(torch.int64).argmax(dim=1)  # last index with gs >= g
+    inner = g.view(-1, 1) * win[last]
+    optwv = torch.where(g.view(-1, 1) > gs.amax(dim=1), win.min(),
+                        torch.where(g.view(-1, 1) < gs.amin(dim=1), win.max(), inner))  # [K, L]
+    diff = t.view(1, -1, 1) - t.view(1, 1, -1)  # [1, L(k), L(l)]
+    z = _gauss(diff, (optwv / g.view(-1, 1)).unsqueeze(1))  # Nadaraya-Watson weights [K, L, L]
+    optwp = (optwv.unsqueeze(1) * z).sum(dim=2) / z.sum(dim=2)  # [K, L]
+    balloon = (y_hist.unsqueeze(1) * dt * _gauss(diff, optwp.unsqueeze(2))).sum(dim=2)  # [K, L]
+    yv = balloon * n.view(-1, 1) / (balloon * dt).sum(dim=1, keepdim=True)
+    cg = yv**2 - 2 * yv * y_hist + 2 / _SQRT_2PI / optwp * y_hist
+    return (cg * dt).sum(dim=1), yv
+
+
+def _histc(x: torch.Tensor, valid: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``histc(x, edges)`` of each row of ``x [K,N]`` (``valid`` entries only): ``[K, L]`` counts."""
+    length = edges.shape[0]
+    bins = torch.searchsorted(edges.contiguous(), x.contiguous(), right=True) - 1
+    inside = valid & (bins >= 0) & (bins < length - 1)
+    last = valid & (x == edges[-1])
+    bins = torch.where(last, torch.full_like(bins, length - 1), bins)
+    keep = inside | last
+    counts = torch.zeros(x.shape[0], length, dtype=x.dtype, device=x.device)
+    return counts.scatter_add_(1, torch.where(keep, bins, torch.zeros_like(bins)), keep.to(x.dtype))
+
+
+def _group_kde(x: torch.Tensor, valid: torch.Tensor, t: torch.Tensor, tin: torch.Tensor,
+               n_bandwidths: int) -> tuple[torch.Tensor, torch.Tensor]:
+    dt = float((t[1:] - t[:-1]).min())
+    span = float(tin.max() - tin.min())
+    y_hist = _histc(x, valid, t - dt / 2) / dt  # [K, L]
+    n = (y_hist * dt).sum(dim=1)
+    win = _logexp(torch.linspace(float(_ilogexp(torch.tensor(5 * dt, dtype=x.dtype))),
+                                 float(_ilogexp(torch.tensor(span, dtype=x.dtype))), n_bandwidths, dtype=x.dtype))
+    win = win.to(x.device)
+    c = torch.stack([(lambda yh, w: yh**2 - 2 * yh * y_hist + 2 / _SQRT_2PI / w * y_hist)(
+        _fft_smooth(y_hist, float(w) / dt), float(w)) for w in win], dim=1)  # [K, M, L]
+    optws = torch.stack([win[_fft_smooth(c, float(w) / dt).argmin(dim=1)] for w in win], dim=1)  # [K, M, L]
+
+    k_sets = x.shape[0]
+    a = torch.full((k_sets,), 1e-12, dtype=x.dtype, device=x.device)
+    b = torch.ones_like(a)
+    c1 = (_PHI - 1) * a + (2 - _PHI) * b
+    c2 = (2 - _PHI) * a + (_PHI - 1) * b
+    f1, _ = _cost(y_hist, n, t, dt, optws, win, c1)
+    f2, _ = _cost(y_hist, n, t, dt, optws, win, c2)
+    active = torch.ones(k_sets, dtype=torch.bool, device=x.device)
+    ran = torch.zeros_like(active)
+    estimate = torch.full_like(y_hist, float("nan"))
+    for _ in range(29):
+        active = active & ((b - a).abs() > 1e-5 * (c1.abs() + c2.abs()))
+        if not bool(active.any()):
+            break
+        left = f1 < f2  # NaN costs compare False: the else branch, as in MATLAB
+        new_b = torch.where(left, c2, b)
+        new_a = torch.where(left, a, c1)
+        new_c1 = torch.where(left, (_PHI - 1) * a + (2 - _PHI) * c2, c2)
+        new_c2 = torch.where(left, c1, (2 - _PHI) * c1 + (_PHI - 1) * b)
+        g = torch.where(left, new_c1, new_c2)
+        cost, yv = _cost(y_hist, n, t, dt, optws, win, g)
+        new_f1 = torch.where(left, cost, f2)
+        new_f2 = torch.where(left, f1, cost)
+        a, b = torch.where(active, new_a, a), torch.where(active, new_b, b)
+        c1, c2 = torch.where(active, new_c1, c1), torch.where(active, new_c2, c2)
+        f1, f2 = torch.where(active, new_f1, f1), torch.where(active, new_f2, f2)
+        estimate = torch.where(active.view(-1, 1), yv / (yv * dt).sum(dim=1, keepdim=True), estimate)
+        ran = ran | active
+    if t.shape[0] != tin.shape[0]:
+        estimate = _interp1(t, estimate, tin)
+    return estimate, ran
+
+
+def _interp1(t: torch.Tensor, y: torch.Tensor, tin: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``y [K, L]`` given at ``t [L]`` onto ``tin [L0]`` (inside ``t``'s range)."""
+    right = torch.searchsorted(t.contiguous(), tin.contiguous(), right=False).clamp(1, t.shape[0] - 1)
+    left = right - 1
+    weight = ((tin - t[left]) / (t[right] - t[left])).view(1, -1)
+    return y[:, left] * (1 - weight) + y[:, right] * weight
+
+
+def adaptive_kde(samples: torch.Tensor, tin: torch.Tensor, n_bandwidths: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(density [K, L0], ok [K])`` of each row of ``samples [K,N]`` on the grid ``tin [L0]`` (module docstring).
+
+    Samples outside ``[min tin, max tin]`` are left out, as in the MATLAB code. ``ok`` is False where the MATLAB
+    code would have returned nothing (its search did not run); those rows are NaN.
+    """
+    x = samples.detach().to(torch.float64)
+    tin = tin.detach().to(torch.float64).to(x.device)
+    lo, hi = float(tin.min()), float(tin.max())
+    valid = (x >= lo) & (x <= hi)
+    # The smallest positive gap between sorted in-range samples (inf where there is none).
+    ordered = torch.sort(torch.where(valid, x, torch.full_like(x, float("inf"))), dim=1).values
+    gaps = ordered[:, 1:] - ordered[:, :-1]
+    gaps = torch.where(torch.isfinite(gaps) & (gaps > 0), gaps, torch.full_like(gaps, float("inf")))
+    dt_samp = gaps.amin(dim=1) if gaps.shape[1] else torch.full((x.shape[0],), float("inf"), dtype=x.dtype)
+    step = float((tin[1:] - tin[:-1]).min())
+    span = hi - lo
+    lengths = torch.where(torch.isfinite(dt_samp) & (dt_samp > step),
+                          torch.clamp(torch.ceil(span / dt_samp), max=1e3), torch.zeros_like(dt_samp)).long()
+    density = torch.full((x.shape[0], tin.shape[0]), float("nan"), dtype=x.dtype, device=x.device)
+    ok = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for length in torch.unique(lengths).tolist():
+        rows = (lengths == length).nonzero().flatten()
+        grid = tin if length == 0 else torch.linspace(lo, hi, int(length), dtype=x.dtype, device=x.device)
+        if grid.shape[0] < 2:
+            continue  # a one-point grid: MATLAB's min(diff(t)) is empty and the code fails
+        estimate, ran = _group_kde(x[rows], valid[rows], grid, tin, n_bandwidths)
+        density[rows], ok[rows] = estimate, ran
+    return density, ok
+
+
+def count_peaks(y: torch.Tensor) -> torch.Tensor:
+    """Local maxima of each row of ``y [K, L]`` (``[K]`` long): samples higher than both neighbours, a flat top
+    counted once, the ends never (MATLAB ``findpeaks``, scipy ``find_peaks``). Rows with NaN count 0."""
+    d = torch.sign(y[:, 1:] - y[:, :-1])
+    positions = torch.arange(d.shape[1], device=y.device).expand_as(d)
+    last_nonzero = torch.where(d != 0, positions, torch.full_like(positions, -1)).cummax(dim=1).values
+    carried = torch.where(last_nonzero >= 0, d.gather(1, last_nonzero.clamp(min=0)), torch.zeros_like(d))
+    peaks = ((carried[:, :-1] > 0) & (d[:, 1:] < 0)).sum(dim=1)
+    return torch.where(torch.isnan(y).any(dim=1), torch.zeros_like(peaks), peaks)
