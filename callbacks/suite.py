@@ -73,6 +73,8 @@ METRICS: dict[str, MetricInfo] = {
     "relevance_rank_accuracy": MetricInfo(M.RelevanceRankAccuracy, "masks"),
     "attribution_localisation": MetricInfo(M.AttributionLocalisation, "masks"),
     "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
+    "class_sensitivity": MetricInfo(M.ClassSensitivity, "explainer"),
+    "xai_value": MetricInfo(M.XAIValue, "explainer"),
     "randomisation": MetricInfo(
         M.ModelParameterRandomisation, "explainer", "Model-parameter randomisation", "layers",
         "layers randomised (top first)", "mean similarity",

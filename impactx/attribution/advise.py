@@ -43,7 +43,6 @@ peak counts, the chosen group and every candidate's scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +53,10 @@ from impactx.attribution.base import Explainer
 from impactx.attribution.cam import capture_output, resolve_layer, spread_over_channels
 from impactx.attribution.registry import register
 from impactx.core import check_int
+from impactx.metrics.functional.advise import advise_scores, class_sensitivity, xai_value
 
-__all__ = ["Advise", "AdviseDetails", "advise_scores", "class_sensitivity", "xai_value"]
+__all__ = ["Advise", "AdviseDetails", "advise_scores", "class_sensitivity", "rescale_maps", "xai_value"]
 
-SENSITIVITY_LIMIT = 0.55
 #: Scaled activations fill [0.1, 0.9] of the density's [0, 1] grid: a level at an end of the grid could never be
 #: a peak (findpeaks does not count end points), and the lowest and highest levels are the ones that matter.
 SCALE_MARGIN = 0.1
@@ -76,50 +75,7 @@ class AdviseDetails:
     chosen: torch.Tensor
 
 
-def class_sensitivity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation ``[N]`` of maps ``first``, ``second [N, ...]`` (0 where undefined, as the code)."""
-    a = first.flatten(1) - first.flatten(1).mean(dim=1, keepdim=True)
-    b = second.flatten(1) - second.flatten(1).mean(dim=1, keepdim=True)
-    r = (a * b).sum(dim=1) / torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
-    return torch.nan_to_num(r, nan=0.0)
-
-
-def xai_value(ssim: torch.Tensor, fsim: torch.Tensor, mse: torch.Tensor, average_drop: torch.Tensor) -> torch.Tensor:
-    """ADVISE's harmonic combination ``4 / (1/SSIM + 1/FSIM + 1/(1 - MSE) + 1/(1 - AD))``."""
-    return 4 / (1 / ssim + 1 / fsim + 1 / (1 - mse) + 1 / (1 - average_drop))
-
-
-def advise_scores(model: nn.Module, pixels: torch.Tensor, maps: torch.Tensor, second_maps: torch.Tensor,
-                  target: torch.Tensor, probabilities: torch.Tensor, normalise: Any) -> dict[str, torch.Tensor]:
-    """``iCalculateCAMmetrics.m`` for ``N`` candidates: ``pixels [N,C,H,W]`` in ``[0,1]``, ``maps``/``second_maps``
-    ``[N,1,H,W]`` in ``[0,1]`` (of the explained and the runner-up class), ``target [N]``, ``probabilities [N]``
-    (the explained class's on the unmasked image), ``normalise`` (pixels -> model input). Returns ``[N]`` each of
-    ``class_sensitivity``, ``average_drop``, ``ssim``, ``fsim``, ``mse``, ``xai_value``, ``hit``."""
-    import piq
-
-    masked = pixels * maps
-    with torch.no_grad():
-        masked_probabilities = model(normalise(masked)).softmax(dim=1)
-    kept = masked_probabilities.gather(1, target.view(-1, 1)).squeeze(1)
-    top5 = masked_probabilities.topk(min(5, masked_probabilities.shape[1]), dim=1).indices
-    hit = (top5 == target.view(-1, 1)).any(dim=1)
-    sensitivity = class_sensitivity(maps, second_maps)
-    drop = (probabilities - kept).clamp(min=0) / probabilities
-    ssim = piq.ssim(masked, pixels, data_range=1.0, reduction="none", downsample=False)
-    fsim = piq.fsim(masked, pixels, data_range=1.0, reduction="none", chromatic=pixels.shape[1] == 3)
-    mse = ((masked - pixels) ** 2).flatten(1).mean(dim=1)
-    damp = 1 - (probabilities - kept).abs()
-    balanced = sensitivity.abs() <= SENSITIVITY_LIMIT
-    missed = ~hit
-    drop = torch.where(missed & balanced, drop * damp, torch.where(missed, torch.ones_like(drop), drop))
-    ssim = torch.where(missed & balanced, ssim * damp, torch.where(missed, torch.zeros_like(ssim), ssim))
-    fsim = torch.where(missed & balanced, fsim * damp, torch.where(missed, torch.zeros_like(fsim), fsim))
-    mse = torch.where(missed & balanced, mse * damp, torch.where(missed, torch.ones_like(mse), mse))
-    return {"class_sensitivity": sensitivity, "average_drop": drop, "ssim": ssim, "fsim": fsim, "mse": mse,
-            "xai_value": xai_value(ssim, fsim, mse, drop), "hit": hit.to(pixels.dtype)}
-
-
-def _rescale(maps: torch.Tensor) -> torch.Tensor:
+def rescale_maps(maps: torch.Tensor) -> torch.Tensor:
     """MATLAB ``rescale`` of each map ``[N,1,h,w]`` to ``[0,1]`` (a constant map becomes 0)."""
     flat = maps.flatten(1)
     lo, hi = flat.amin(dim=1).view(-1, 1, 1, 1), flat.amax(dim=1).view(-1, 1, 1, 1)
@@ -192,7 +148,7 @@ class Advise(Explainer):
         member = (peaks.unsqueeze(1) == groups.view(1, -1, 1)).to(activations.dtype)  # [B,P,K]
         raw = F.relu(torch.einsum("bpk,bjk,bkhw->bpjhw", member, weights, activations))  # [B,P,2,h,w]
         valid = (member.sum(dim=2) > 0) & (raw[:, :, 0].flatten(2).sum(dim=2) > 0)  # [B,P]
-        maps = F.interpolate(_rescale(raw.reshape(-1, 1, *raw.shape[-2:])), size=size, mode="bicubic",
+        maps = F.interpolate(rescale_maps(raw.reshape(-1, 1, *raw.shape[-2:])), size=size, mode="bicubic",
                              align_corners=False).clamp(0, 1).view(batch, n_groups, 2, *size)
         mean, std = self._normalisation(inputs)
         pixels = (inputs * std + mean).clamp(0, 1)
@@ -210,7 +166,7 @@ class Advise(Explainer):
         best = maps[torch.arange(batch), chosen, 0].unsqueeze(1)  # [B,1,H,W]
         if not bool(any_valid.all()):
             every = F.relu((weights[:, 0, :, None, None] * activations).sum(dim=1, keepdim=True))
-            every = F.interpolate(_rescale(every), size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+            every = F.interpolate(rescale_maps(every), size=size, mode="bicubic", align_corners=False).clamp(0, 1)
             best = torch.where(any_valid.view(-1, 1, 1, 1), best, every)
         self.last_details = AdviseDetails(peaks, groups, valid, scores,
                                           torch.where(any_valid, chosen, torch.full_like(chosen, -1)))

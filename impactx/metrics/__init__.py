@@ -5,7 +5,7 @@ keep/remove family (:class:`KPM` ... :class:`RAM`), :class:`AverageDrop`, :class
 Localisation (against object masks): :class:`OverlapAUC`, :class:`PointingGame`, :class:`RelevanceMassAccuracy`,
 :class:`RelevanceRankAccuracy`, :class:`AttributionLocalisation`. Complexity: :class:`Sparseness`,
 :class:`TotalVariation`, :class:`EntropyComplexity`, :class:`EffectiveComplexity`. Robustness: :class:`MaxSensitivity`
-(of a map), :class:`NoiseAccuracy` (of the model). Sanity: :class:`ModelParameterRandomisation`.
+(of a map), :class:`NoiseAccuracy` (of the model). ADVISE's scores: :class:`ClassSensitivity`, :class:`XAIValue`. Sanity: :class:`ModelParameterRandomisation`.
 The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
 
 Every metric sums per-image values (``dist_reduce_fx="sum"``) and counts images, so the DDP-synced
@@ -14,6 +14,7 @@ perturbation curves fill what they remove is one :class:`Perturbation` (``pertur
 """
 
 from impactx.metrics import functional
+from impactx.metrics.advise import ClassSensitivity, XAIValue
 from impactx.metrics.base import CurveMetric, ScalarMetric
 from impactx.metrics.complexity import EffectiveComplexity, EntropyComplexity
 from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
@@ -58,6 +59,7 @@ __all__ = [
     "RPM",
     "AttributionLocalisation",
     "AverageDrop",
+    "ClassSensitivity",
     "CurveMetric",
     "DeletionAUC",
     "EffectiveComplexity",
@@ -83,5 +85,6 @@ __all__ = [
     "ScalarMetric",
     "Sparseness",
     "TotalVariation",
+    "XAIValue",
     "functional",
 ]

@@ -162,3 +162,35 @@ def test_class_sensitivity_and_xai_value_closed_forms() -> None:
     perfect = xai_value(torch.ones(1), torch.ones(1), torch.zeros(1), torch.zeros(1))
     assert float(perfect) == pytest.approx(1.0)
     assert float(xai_value(torch.tensor([0.5]), torch.ones(1), torch.zeros(1), torch.zeros(1))) == pytest.approx(0.8)
+
+
+def test_advise_scores_as_metrics() -> None:
+    """ClassSensitivity is numpy's Pearson correlation of the two classes' maps; XAIValue of a map that keeps all
+    but one pixel is nearly 1 (SSIM = FSIM = 1, MSE = average drop = 0 for the whole image)."""
+    from impactx.metrics import ClassSensitivity, XAIValue
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 4)).eval()
+    images = torch.rand(5, 1, 16, 16)
+    targets = model(images).argmax(dim=1)
+
+    def rows(m, x, y):
+        return m[1].weight[y].detach().view(-1, 1, 16, 16) * x
+
+    metric = ClassSensitivity(rows)
+    metric.update(model, images, targets)
+    others = model(images).softmax(dim=1).scatter(1, targets.view(-1, 1), -1.0).argmax(dim=1)
+    first, second = rows(model, images, targets), rows(model, images, others)
+    expected = np.mean([np.corrcoef(first[i].flatten().numpy(), second[i].flatten().numpy())[0, 1] for i in range(5)])
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-5)
+
+    def keep_all_but_a_corner(m, x, y):
+        maps = torch.ones_like(x)
+        maps[..., 0, 0] = 0.0  # min-max scaling leaves it as it is: the image minus one pixel
+        return maps
+
+    whole = XAIValue(keep_all_but_a_corner)
+    whole.update(model, images, targets)
+    assert float(whole.compute()) > 0.95
+    with pytest.raises(ValueError, match="mean and std"):
+        XAIValue(rows, mean=(0.5,))
