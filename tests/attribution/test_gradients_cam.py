@@ -179,3 +179,24 @@ def test_scorecam_runs_under_inference_mode(relu_net, batch) -> None:
     expected = attribute("scorecam", relu_net, x, t)
     with torch.inference_mode():
         torch.testing.assert_close(attribute("scorecam", relu_net, x, t, internal_batch_size=5), expected)
+
+
+@pytest.mark.parametrize("multiply_by_inputs", [True, False])
+def test_deeplift_equals_captum_and_sums_to_the_output_difference(multiply_by_inputs) -> None:
+    """Rescale rule through an in-place ReLU, a tanh and a sigmoid, against Captum's DeepLift; with the inputs
+    multiplied in, each map sums to f(x) - f(x') (summation-to-delta)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(6, 4, 3, padding=1),
+                          nn.Tanh(), nn.Flatten(), nn.Linear(4 * 64, 8), nn.Sigmoid(), nn.Linear(8, 5)).double().eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3])
+    baseline = 0.1 * torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    expected = captum_attr.DeepLift(model, multiply_by_inputs=multiply_by_inputs).attribute(
+        x, baselines=baseline.expand_as(x), target=t)
+    ours = attribute("deeplift", model, x, t, baseline=baseline[0], multiply_by_inputs=multiply_by_inputs)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    if multiply_by_inputs:
+        with torch.no_grad():
+            gap = (model(x) - model(baseline.expand_as(x))).gather(1, t[:, None])[:, 0]
+        torch.testing.assert_close(ours.flatten(1).sum(dim=1), gap, atol=1e-12, rtol=0)
+    assert not torch.allclose(ours, attribute("input_x_gradient", model, x, t))
