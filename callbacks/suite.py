@@ -73,6 +73,7 @@ METRICS: dict[str, MetricInfo] = {
     "relevance_rank_accuracy": MetricInfo(M.RelevanceRankAccuracy, "masks"),
     "attribution_localisation": MetricInfo(M.AttributionLocalisation, "masks"),
     "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
+    "avg_sensitivity": MetricInfo(M.AvgSensitivity, "explainer"),
     "class_sensitivity": MetricInfo(M.ClassSensitivity, "explainer"),
     "xai_value": MetricInfo(M.XAIValue, "explainer"),
     "randomisation": MetricInfo(

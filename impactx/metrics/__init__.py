@@ -45,7 +45,7 @@ from impactx.metrics.noise_accuracy import NoiseAccuracy
 from impactx.metrics.overlap import OverlapAUC
 from impactx.metrics.randomisation import ModelParameterRandomisation
 from impactx.metrics.region import LeRF, MoRF
-from impactx.metrics.sensitivity import MaxSensitivity
+from impactx.metrics.sensitivity import AvgSensitivity, MaxSensitivity
 from impactx.metrics.smoothness import TotalVariation
 from impactx.metrics.sparseness import Sparseness
 
@@ -59,6 +59,7 @@ __all__ = [
     "RPM",
     "AttributionLocalisation",
     "AverageDrop",
+    "AvgSensitivity",
     "ClassSensitivity",
     "CurveMetric",
     "DeletionAUC",

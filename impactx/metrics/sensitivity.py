@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.sensitivity import ExplainerFn, max_sensitivity
+from impactx.metrics.functional.sensitivity import ExplainerFn, avg_sensitivity, max_sensitivity
 from impactx.metrics.functional.validation import check_chunk, check_int, check_radius
 
 
@@ -17,7 +17,8 @@ class MaxSensitivity(ScalarMetric):
               \frac{\|\phi(x + \delta) - \phi(x)\|_F}{\|\phi(x)\|_F}
 
     estimated with ``n_samples`` uniform draws of ``delta`` per image (all explained as batches). Lower is
-    better. ``explain(model, x, y) -> map`` is any callable, e.g. ``create_explainer("ig")``.
+    better. ``return_nan_when_prediction_changes`` leaves out the images one of whose noisy copies changes the
+    model's prediction (Quantus' option: their value is NaN). ``explain(model, x, y) -> map`` is any callable, e.g. ``create_explainer("ig")``.
 
     Example (an explainer that ignores the input is perfectly stable):
         >>> import torch
@@ -32,6 +33,7 @@ class MaxSensitivity(ScalarMetric):
     """
 
     higher_is_better = False
+    score_fn = staticmethod(max_sensitivity)
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class MaxSensitivity(ScalarMetric):
         seed: int = 0,
         normalise: bool = True,
         internal_batch_size: int | None = 128,
+        return_nan_when_prediction_changes: bool = False,
         **kwargs,
     ) -> None:
         if not callable(explainer):
@@ -58,10 +61,19 @@ class MaxSensitivity(ScalarMetric):
             seed=seed,
             normalise=normalise,
             internal_batch_size=internal_batch_size,
+            return_nan_when_prediction_changes=return_nan_when_prediction_changes,
         )
 
     def update(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
     ) -> None:
         """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explainer(model, images, targets)`` if known."""
-        self._accumulate(max_sensitivity(model, images, targets, self.explainer, maps, **self.options))
+        values = type(self).score_fn(model, images, targets, self.explainer, maps, **self.options)
+        self._accumulate(values[~torch.isnan(values)])  # NaN: a noisy copy changed the prediction
+
+
+class AvgSensitivity(MaxSensitivity):
+    r"""Mean average sensitivity (Yeh et al., 2019; Quantus ``AvgSensitivity``): as :class:`MaxSensitivity` with
+    the mean over the draws instead of the maximum. Lower is better."""
+
+    score_fn = staticmethod(avg_sensitivity)

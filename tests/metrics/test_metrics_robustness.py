@@ -233,3 +233,52 @@ def test_bad_noise_levels(levels, match):
     images, targets, _ = batch(2, 1, 8)
     with pytest.raises(ValueError, match=match):
         noise_accuracy_curve(tiny_cnn(1, 8), images, targets, levels)
+
+
+def _replay(noise: np.ndarray):
+    """A Quantus ``perturb_func`` adding ``noise[0]``, ``noise[1]``, ... on successive calls."""
+    draws = iter(range(len(noise)))
+
+    def perturb(arr, indices, **kwargs):
+        return arr + noise[next(draws)]
+
+    return perturb
+
+
+@pytest.mark.parametrize("nan_on_change", [False, True])
+def test_avg_and_max_sensitivity_match_quantus_with_shared_noise_and_changed_predictions(nan_on_change):
+    """AvgSensitivity (and MaxSensitivity) on draws large enough to change some predictions, with Quantus'
+    ``return_nan_when_prediction_changes`` on and off, against Quantus fed the same noise."""
+    from impactx.metrics import AvgSensitivity
+    from impactx.metrics.functional import avg_sensitivity
+
+    model = tiny_cnn(1, 8)
+    images, targets, _ = batch(4, 1, 8)
+    radius, n = 1.5, 5
+    maps = saliency(model, images, targets)
+    noise = uniform_ball_noise(images, radius, n, seed=2).reshape(n, 4, -1).numpy()
+    with torch.no_grad():
+        changed = [(model(images + torch.as_tensor(noise[j]).view_as(images)).argmax(1) != model(images).argmax(1))
+                   for j in range(n)]
+    assert any(bool(c.any()) for c in changed) and not all(bool(c.all()) for c in changed)
+
+    def explain(model, inputs, targets, **kwargs):
+        return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    for ours_fn, theirs in ((avg_sensitivity, quantus.AvgSensitivity), (max_sensitivity, quantus.MaxSensitivity)):
+        perturb = _replay(noise)
+
+        metric = theirs(nr_samples=n, perturb_func=perturb, normalise=False, abs=False, disable_warnings=True,
+                        return_nan_when_prediction_changes=nan_on_change)
+        ref = metric(model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps),
+                     explain_func=explain, channel_first=True, device="cpu")
+        ours = ours_fn(model, images, targets, saliency, maps, radius=radius, n_samples=n, seed=2,
+                       return_nan_when_prediction_changes=nan_on_change)
+        torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-5,
+                                   equal_nan=True)
+    avg = AvgSensitivity(saliency, radius=radius, n_samples=n, seed=2, return_nan_when_prediction_changes=nan_on_change)
+    avg.update(model, images, targets, maps)
+    expected = avg_sensitivity(model, images, targets, saliency, maps, radius=radius, n_samples=n, seed=2,
+                               return_nan_when_prediction_changes=nan_on_change)
+    kept = expected[~torch.isnan(expected)]  # with the option on, the images with a changed copy are left out
+    assert float(avg.compute()) == pytest.approx(float(kept.mean()), rel=1e-6, nan_ok=True)

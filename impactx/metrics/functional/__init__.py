@@ -34,7 +34,7 @@ from impactx.metrics.functional.randomisation import (
     spearman_correlation,
 )
 from impactx.metrics.functional.region import aopc, lerf_curve, morf_curve, region_perturbation_curve
-from impactx.metrics.functional.sensitivity import max_sensitivity, uniform_ball_noise
+from impactx.metrics.functional.sensitivity import avg_sensitivity, max_sensitivity, uniform_ball_noise
 from impactx.metrics.functional.smoothness import standardise_per_image, total_variation
 from impactx.metrics.functional.sparseness import sparseness
 
@@ -58,6 +58,7 @@ __all__ = [
     "lerf_curve",
     "map_ssim",
     "masked_scores",
+    "avg_sensitivity",
     "max_sensitivity",
     "model_randomisation",
     "morf_curve",

@@ -1,4 +1,5 @@
-"""Max-sensitivity of an explainer to small input noise (Yeh et al., 2019; as Quantus ``MaxSensitivity``)."""
+"""Max- and average sensitivity of an explainer to small input noise (Yeh et al., 2019; as Quantus
+``MaxSensitivity`` and ``AvgSensitivity``)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def max_sensitivity(
     seed: int = 0,
     normalise: bool = True,
     internal_batch_size: int | None = 128,
+    return_nan_when_prediction_changes: bool = False,
 ) -> torch.Tensor:
     """``SENS_max(x) = max_{j=1..n} ||phi(x + d_j) - phi(x)||_F / ||phi(x)||_F`` per image -> ``[B]``.
 
@@ -74,7 +76,37 @@ def max_sensitivity(
     Args:
         explainer: ``explainer(model, x [N,C,H,W], y [N]) -> maps [N, ...]``, e.g. a registered Explainer.
         maps: ``phi(x)`` if already computed (otherwise ``explainer`` computes it).
+        return_nan_when_prediction_changes: NaN for an image when any of its noisy copies is classified
+            differently (Quantus' option of the same name and meaning).
     """
+    return _sensitivity("max", model, images, targets, explainer, maps, radius, n_samples, seed, normalise,
+                        internal_batch_size, return_nan_when_prediction_changes)
+
+
+def avg_sensitivity(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    explainer: ExplainerFn,
+    maps: torch.Tensor | None = None,
+    radius: float = 0.2,
+    n_samples: int = 20,
+    seed: int = 0,
+    normalise: bool = True,
+    internal_batch_size: int | None = 128,
+    return_nan_when_prediction_changes: bool = False,
+) -> torch.Tensor:
+    """``SENS_avg(x) = mean_j ||phi(x + d_j) - phi(x)||_F / ||phi(x)||_F`` per image -> ``[B]`` (Yeh et al., 2019;
+    Quantus ``AvgSensitivity``); the same draws and options as :func:`max_sensitivity`."""
+    return _sensitivity("mean", model, images, targets, explainer, maps, radius, n_samples, seed, normalise,
+                        internal_batch_size, return_nan_when_prediction_changes)
+
+
+def _sensitivity(
+    reduction: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int, explainer: ExplainerFn,
+    maps: torch.Tensor | None, radius: float, n_samples: int, seed: int, normalise: bool,
+    internal_batch_size: int | None, return_nan_when_prediction_changes: bool,
+) -> torch.Tensor:
     if not callable(explainer):
         raise TypeError(
             f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
@@ -90,6 +122,9 @@ def max_sensitivity(
         maps = check_maps(images, maps).detach()
         base = maps.reshape(b, -1)
         keys = image_keys(images, seed)
+        if return_nan_when_prediction_changes:
+            with torch.no_grad():
+                predicted = model(images).argmax(dim=1)
         total = n * b
         step = total if not chunk else chunk
         diffs = []
@@ -103,6 +138,12 @@ def max_sensitivity(
                     f"explainer returned {perturbed.shape[1]} values per image on noisy inputs but "
                     f"{base.shape[1]} for the maps; it must return the same map shape"
                 )
-            diffs.append((perturbed - base[img]).norm(dim=1))
-    sens = torch.cat(diffs).view(n, b).amax(dim=0)
+            diff = (perturbed - base[img]).norm(dim=1)
+            if return_nan_when_prediction_changes:
+                with torch.no_grad():
+                    changed = model(x).argmax(dim=1) != predicted[img]
+                diff = torch.where(changed, torch.full_like(diff, float("nan")), diff)
+            diffs.append(diff)
+    draws = torch.cat(diffs).view(n, b)
+    sens = draws.mean(dim=0) if reduction == "mean" else draws.amax(dim=0)  # a NaN draw makes the image NaN
     return sens / base.norm(dim=1) if normalise else sens
