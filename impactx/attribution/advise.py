@@ -152,13 +152,18 @@ class Advise(Explainer):
                              align_corners=False).clamp(0, 1).view(batch, n_groups, 2, *size)
         mean, std = self._normalisation(inputs)
         pixels = (inputs * std + mean).clamp(0, 1)
-        repeated = pixels.repeat_interleave(n_groups, dim=0)
-        scores = advise_scores(
-            model, repeated, maps[:, :, 0].reshape(-1, 1, *size), maps[:, :, 1].reshape(-1, 1, *size),
-            target.repeat_interleave(n_groups), probabilities[:, 0].repeat_interleave(n_groups),
+        # Only the candidates that exist are scored (an image rarely has every peak count of the batch).
+        image_of, group_of = valid.nonzero(as_tuple=True)
+        scored = advise_scores(
+            model, pixels[image_of], maps[image_of, group_of, 0].unsqueeze(1),
+            maps[image_of, group_of, 1].unsqueeze(1), target[image_of], probabilities[image_of, 0],
             lambda p: (p - mean) / std,
         )
-        scores = {k: v.view(batch, n_groups) for k, v in scores.items()}
+        scores = {}
+        for key, values in scored.items():
+            full = torch.full((batch, n_groups), float("nan"), dtype=values.dtype, device=values.device)
+            full[image_of, group_of] = values
+            scores[key] = full
         xai = torch.where(valid, torch.nan_to_num(scores["xai_value"], nan=-float("inf")),
                           torch.full_like(scores["xai_value"], -float("inf")))
         chosen = xai.argmax(dim=1)
