@@ -44,6 +44,7 @@ with a clear error). Target-map priors cannot be evaluated there (validation and
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -64,6 +65,24 @@ __all__ = ["REFERENCES", "AttributionPriorModule"]
 
 REFERENCES = ("train", "batch", "mgm", "bgmm")
 _REFUSED_PRECISIONS = ("16-mixed", "16-true", "16", "transformer-engine-float16")
+
+
+def differentiable_explainer(name: str, options: dict[str, Any] | None) -> Any:
+    """The registered method ``name`` built with ``create_graph=True`` (for a penalty trained through), or a
+    ``ValueError`` when it cannot be: no ``create_graph`` option (not differentiable) or a background."""
+    from impactx.attribution import explainer_class
+
+    cls = explainer_class(name)
+    options = dict(options or {})
+    if cls.takes_background:
+        raise ValueError(f"attribution {name!r} takes a background; use attribution='eg' with references=...")
+    if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        inner = {**dict(options.get("method_options") or {}), "create_graph": True}
+        return cls(**{**options, "method_options": inner})
+    if "create_graph" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"attribution {name!r} is not differentiable (it has no create_graph option); choose "
+                         "eg, ig, gradient, input_x_gradient, saliency, gradcam, gradcam_pp or smoothgrad")
+    return cls(**{**options, "create_graph": True})
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -96,6 +115,10 @@ class AttributionPriorModule(BaseModule):
         refit_every: refit the density every this many epochs (0: fitted once, at fit start).
         eval_prior: compute and log the penalty in validation and test too (needs ``inference_mode=False``).
         prior_seed: seeds the pool, the draws and the BGMM fit.
+        attribution: ``"eg"`` (Expected Gradients from ``references``, the papers') or any registered method that
+            takes ``create_graph`` and no background (``"gradient"``, ``"input_x_gradient"``, ``"saliency"``,
+            ``"ig"``, ``"gradcam"``, ``"gradcam_pp"``, ``"smoothgrad"`` with a differentiable inner method ...),
+            computed with ``create_graph=True`` on the true class; attribution_options: its options.
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma, label_smoothing: as for the classifier.
     """
 
@@ -124,6 +147,8 @@ class AttributionPriorModule(BaseModule):
         refit_every: int = 0,
         eval_prior: bool = False,
         prior_seed: int = 0,
+        attribution: str = "eg",
+        attribution_options: dict[str, Any] | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -150,6 +175,7 @@ class AttributionPriorModule(BaseModule):
                             ("deepprior_fit_pixels", deepprior_fit_pixels)):
             check_int(name, value)
         check_int("refit_every", refit_every, minimum=0)
+        self._explainer = None if attribution == "eg" else differentiable_explainer(attribution, attribution_options)
         self.save_hyperparameters()
         self.prior = AttributionPrior(prior, prior_options or {})
         if eval_prior and self.prior.needs_target_maps:
@@ -181,11 +207,12 @@ class AttributionPriorModule(BaseModule):
         return LossOutput(ce + self.hparams.lam * penalty, logits, {"ce": ce, "prior": penalty})
 
     def attributions(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Expected Gradients ``[B,C,H,W]`` of the true class, attached to the graph (``create_graph=True``).
-
-        ``images [B,C,H,W]``, ``labels [B]``; the model in eval mode for this pass (module docstring)."""
+        """Expected Gradients (or the ``attribution`` method) ``[B,C,H,W]`` of the true class, attached to the graph
+        (``create_graph=True``). ``images [B,C,H,W]``, ``labels [B]``; the model in eval mode for this pass."""
         if torch.compiler.is_compiling():
             raise RuntimeError(_COMPILE_MESSAGE)
+        if self._explainer is not None:
+            return self._explainer(self.model, images, labels)  # eval mode inside, restored after
         references, alphas = self.path_references(images)
         weights = torch.full(alphas.shape, 1.0 / alphas.shape[1], dtype=images.dtype, device=images.device)
         with eval_mode(self.model):
@@ -240,7 +267,7 @@ class AttributionPriorModule(BaseModule):
 
     def _load_pool(self) -> None:
         """The pool from the trainer's data module: its unaugmented train split, a seeded subset."""
-        if self.hparams.references == "batch" or self._pool is not None:
+        if self.hparams.references == "batch" or self._pool is not None or self._explainer is not None:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset_fn = getattr(datamodule, "dataset", None)

@@ -296,3 +296,36 @@ def test_target_map_prior_without_a_store_fails_at_setup() -> None:
     module = _module(num_classes=10, prior="outside_region")
     with pytest.raises(ValueError, match="joins none: set its maps option"):
         _trainer(max_steps=1).fit(module, datamodule=DigitsDataModule(batch_size=32))
+
+
+@pytest.mark.parametrize(("attribution", "options"), [("input_x_gradient", {}), ("gradcam", {}),
+                                                      ("smoothgrad", {"method": "gradient", "n_samples": 2})])
+def test_other_differentiable_methods_train_the_prior(attribution, options) -> None:
+    """The penalty of a survey method is that of the method's own maps of the true class, and its parameter
+    gradient equals finite differences (so a fit trains through it)."""
+    from impactx.attribution import create_explainer
+
+    module = _module(attribution=attribution, attribution_options=options).double()
+    images, labels, _ = _batch(3)
+    images = images.double()
+    reference = create_explainer(attribution, **options)
+    with torch.no_grad():
+        expected = module.prior(reference(module.model, images, labels))
+    assert float(module.prior(module.attributions(images, labels))) == pytest.approx(float(expected), rel=1e-10)
+    weight = [p for p in module.parameters() if p.dim() > 1][0]
+    (grad,) = torch.autograd.grad(module.prior(module.attributions(images, labels)), weight)
+    flat = weight.data.view(-1)
+    old, eps = float(flat[5]), 1e-6
+    flat[5] = old + eps
+    up = float(module.prior(module.attributions(images, labels)))
+    flat[5] = old - eps
+    down = float(module.prior(module.attributions(images, labels)))
+    flat[5] = old
+    assert float(grad.view(-1)[5]) == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9)
+
+
+def test_non_differentiable_attribution_is_refused() -> None:
+    with pytest.raises(ValueError, match="guided_backprop.*not differentiable"):
+        _module(attribution="guided_backprop")
+    with pytest.raises(ValueError, match="background"):
+        _module(attribution="wg")
