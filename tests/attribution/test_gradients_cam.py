@@ -200,3 +200,31 @@ def test_deeplift_equals_captum_and_sums_to_the_output_difference(multiply_by_in
             gap = (model(x) - model(baseline.expand_as(x))).gather(1, t[:, None])[:, 0]
         torch.testing.assert_close(ours.flatten(1).sum(dim=1), gap, atol=1e-12, rtol=0)
     assert not torch.allclose(ours, attribute("input_x_gradient", model, x, t))
+
+
+@pytest.mark.parametrize(("max_sigma", "steps", "sqrt"), [(5.0, 10, False), (3.0, 7, True)])
+def test_blur_ig_equals_pair_saliency(relu_net, batch, max_sigma, steps, sqrt) -> None:
+    """PAIR's ``saliency.core.BlurIG`` (numpy, channel-last, one image at a time, its model batch of 1 so every
+    point has its own sigma step), with the model's logit gradients."""
+    saliency_core = pytest.importorskip("saliency.core")
+    from scipy import ndimage
+
+    from impactx.attribution.blur_ig import scipy_gaussian_blur
+
+    x, t = batch
+    image = x[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(scipy_gaussian_blur(x[:1], 1.7)[0].permute(1, 2, 0).numpy(),
+                               ndimage.gaussian_filter(image, sigma=[1.7, 1.7, 0], mode="constant"), atol=1e-12)
+
+    def call_model(points, call_model_args=None, expected_keys=None):
+        inputs = torch.as_tensor(points).permute(0, 3, 1, 2).requires_grad_(True)
+        scores = relu_net(inputs)[:, call_model_args["target"]].sum()
+        (grad,) = torch.autograd.grad(scores, inputs)
+        return {saliency_core.INPUT_OUTPUT_GRADIENTS: grad.permute(0, 2, 3, 1).numpy()}
+
+    ours = attribute("blur_ig", relu_net, x, t, max_sigma=max_sigma, steps=steps, sqrt=sqrt, internal_batch_size=7)
+    for i in range(x.shape[0]):
+        expected = saliency_core.BlurIG().GetMask(x[i].permute(1, 2, 0).numpy(), call_model,
+                                                  call_model_args={"target": int(t[i])}, max_sigma=max_sigma,
+                                                  steps=steps, sqrt=sqrt, batch_size=1)
+        np.testing.assert_allclose(ours[i].permute(1, 2, 0).numpy(), expected, atol=1e-10, rtol=1e-8)
