@@ -144,11 +144,12 @@ def _interp1(t: torch.Tensor, y: torch.Tensor, tin: torch.Tensor) -> torch.Tenso
 
 
 def adaptive_kde(samples: torch.Tensor, tin: torch.Tensor, n_bandwidths: int = 10,
-                 chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(density [K, L0], ok [K])`` of each row of ``samples [K,N]`` on the grid ``tin [L0]`` (module docstring).
 
     Samples outside ``[min tin, max tin]`` are left out, as in the MATLAB code. Sets are computed ``chunk`` at a
-    time (on a CPU, larger blocks fall out of the cache and run slower per set). ``ok`` is False where the MATLAB
+    time (``None``: as many as keep the ``[K, L, L]`` temporaries near 8 MB; larger blocks fall out of a CPU's
+    cache and run slower per set). ``ok`` is False where the MATLAB
     code would have returned nothing (its search did not run); those rows are NaN.
     """
     x = samples.detach().to(torch.float64)
@@ -171,8 +172,10 @@ def adaptive_kde(samples: torch.Tensor, tin: torch.Tensor, n_bandwidths: int = 1
         if grid.shape[0] < 2:
             continue  # a one-point grid: MATLAB's min(diff(t)) is empty and the code fails
         group = (lengths == length).nonzero().flatten()
-        for start in range(0, group.shape[0], chunk):  # chunks keep the [K, M, L] temporaries in cache
-            rows = group[start:start + chunk]
+        # Chunks keep the [K, L, L] temporaries of the cost within about 8 MB (faster per set on a CPU).
+        step = chunk or max(8, (1 << 20) // (grid.shape[0] ** 2))
+        for start in range(0, group.shape[0], step):
+            rows = group[start:start + step]
             estimate, ran = _group_kde(x[rows], valid[rows], grid, tin, n_bandwidths)
             density[rows], ok[rows] = estimate, ran
     return density, ok

@@ -9,8 +9,9 @@
   backward is not a derivative of anything, so it has no ``create_graph``.
 - ``smoothgrad``, ``smoothgrad_sq``, ``vargrad``: any registered gradient method averaged over noisy copies
   ``x + N(0, stdev^2)`` (Smilkov et al., 2017; Adebayo et al., 2018): the mean of its maps, the mean of their
-  squares, or their variance (Captum's ``NoiseTunnel`` ``nt_type``). The noise is drawn from each image's own
-  key (:func:`impactx.core.image_keys`), so an image gets the same noise alone or in any batch.
+  squares, or their variance (Captum's ``NoiseTunnel`` ``nt_type``). The noise comes from a generator seeded
+  with each image's own key (:func:`impactx.core.image_keys`), so an image gets the same noise alone or in any
+  batch, on any device.
 
 All are one batched backward pass (the noise wrappers: one over all ``n_samples`` copies, chunked by
 ``internal_batch_size``); ``create_graph=True`` keeps the graph to the model's parameters (for a prior).
@@ -18,7 +19,6 @@ All are one batched backward pass (the noise wrappers: one over all ``n_samples`
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -32,7 +32,6 @@ from impactx.core import (
     check_internal_batch_size,
     check_output,
     image_keys,
-    keyed_uniform,
     score_gradients,
 )
 
@@ -147,15 +146,13 @@ class GuidedBackprop(Explainer):
 
 # ------------------------------------------------------------------------------------------ noise
 def keyed_normal(inputs: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
-    """Standard normal noise ``[B, n_samples, C, H, W]`` drawn from each image's key (Box-Muller on
-    :func:`impactx.core.keyed_uniform`), so it depends on the image and ``seed`` only."""
-    batch = inputs.shape[0]
-    size = n_samples * math.prod(inputs.shape[1:])
-    keys = image_keys(inputs, seed)
-    u1 = keyed_uniform(keys, size, stream=1).clamp_min(1.0 / (1 << 25))
-    u2 = keyed_uniform(keys, size, stream=2)
-    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return normal.to(inputs.dtype).view(batch, n_samples, *inputs.shape[1:])
+    """Standard normal noise ``[B, n_samples, C, H, W]``, each image's from a generator seeded with its key
+    (:func:`impactx.core.image_keys`), so it depends on the image and ``seed`` only, not on the batch."""
+    keys = image_keys(inputs, seed).tolist()
+    size = (n_samples, *inputs.shape[1:])
+    noise = [torch.randn(size, generator=torch.Generator().manual_seed(int(key)), dtype=torch.float64)
+             for key in keys]
+    return torch.stack(noise).to(device=inputs.device, dtype=inputs.dtype)
 
 
 NoiseKind = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
