@@ -228,3 +228,33 @@ def test_blur_ig_equals_pair_saliency(relu_net, batch, max_sigma, steps, sqrt) -
                                                   call_model_args={"target": int(t[i])}, max_sigma=max_sigma,
                                                   steps=steps, sqrt=sqrt, batch_size=1)
         np.testing.assert_allclose(ours[i].permute(1, 2, 0).numpy(), expected, atol=1e-10, rtol=1e-8)
+
+
+def test_idgi_is_complete_and_equals_its_definition_written_as_a_loop(relu_net, batch) -> None:
+    x, t = batch
+    baseline = torch.full((3, 12, 12), -0.2, dtype=torch.float64)
+    ours = attribute("idgi", relu_net, x, t, n_steps=9, baseline=baseline, internal_batch_size=11)
+    with torch.no_grad():
+        gap = relu_net(x).gather(1, t[:, None])[:, 0] - relu_net(baseline.expand_as(x)).gather(1, t[:, None])[:, 0]
+    torch.testing.assert_close(ours.flatten(1).sum(dim=1), gap, atol=1e-10, rtol=0)  # exactly complete
+    for i in range(x.shape[0]):
+        expected = torch.zeros_like(x[i])
+        for j in range(9):
+            point = (baseline + j / 9 * (x[i] - baseline)).unsqueeze(0).requires_grad_(True)
+            score = relu_net(point)[0, t[i]]
+            (grad,) = torch.autograd.grad(score, point)
+            with torch.no_grad():
+                following = relu_net((baseline + (j + 1) / 9 * (x[i] - baseline)).unsqueeze(0))[0, t[i]]
+            expected += (grad[0] ** 2 / (grad ** 2).sum()) * (following - score.detach())
+        torch.testing.assert_close(ours[i], expected, atol=1e-12, rtol=1e-9)
+
+
+def test_idgi_of_a_linear_model_follows_the_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).double().eval()
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 1])
+    w = model[1].weight[t].detach().view(3, 1, 4, 4)
+    gap = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None]).view(3, 1, 1, 1).detach()
+    expected = w**2 / (w**2).flatten(1).sum(dim=1).view(3, 1, 1, 1) * gap
+    torch.testing.assert_close(attribute("idgi", model, x, t, n_steps=4), expected)
