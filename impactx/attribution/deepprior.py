@@ -65,6 +65,7 @@ from torch import nn
 
 from impactx.attribution.background import BackgroundSource
 from impactx.attribution.base import Explainer
+from impactx.attribution.cam import resolve_layer
 from impactx.attribution.densities import GaussianDensity, MixtureDensity
 from impactx.attribution.paths import path_attribution
 from impactx.attribution.registry import register
@@ -90,20 +91,12 @@ _FIT_CHUNK = 64  # images per hook pass when fitting, unless internal_batch_size
 
 def resolve_conv_layer(model: nn.Module, layer: str | None) -> tuple[str, nn.Conv2d]:
     """The ``Conv2d`` named ``layer`` in ``model.named_modules()`` (``None``: the last one registered)."""
-    modules = dict(model.named_modules())
-    convs = [name for name, module in modules.items() if isinstance(module, nn.Conv2d)]
-    if layer is None:
-        if not convs:
-            raise ValueError(f"{type(model).__name__} has no nn.Conv2d layer to fit a deep prior on")
-        layer = convs[-1]
-    if layer not in modules:
-        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; its Conv2d layers are {convs}")
-    module = modules[layer]
+    name, module = resolve_layer(model, layer)
     if not isinstance(module, nn.Conv2d):
-        raise ValueError(
-            f"layer {layer!r} is a {type(module).__name__}, expected an nn.Conv2d; the Conv2d layers are {convs}"
-        )
-    return layer, module
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        raise ValueError(f"layer {name!r} is a {type(module).__name__}, expected an nn.Conv2d; the Conv2d layers are "
+                         f"{convs}")
+    return name, module
 
 
 class _StopForward(Exception):
