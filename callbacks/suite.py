@@ -80,6 +80,7 @@ METRICS: dict[str, MetricInfo] = {
         M.ModelParameterRandomisation, "explainer", "Model-parameter randomisation", "layers",
         "layers randomised (top first)", "mean similarity",
     ),
+    "random_logit": MetricInfo(M.RandomLogit, "explainer"),
     "noise_accuracy": MetricInfo(M.NoiseAccuracy, "model", "Accuracy under Gaussian noise", "noise", "noise std", "accuracy"),
 }
 

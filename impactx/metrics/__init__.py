@@ -43,7 +43,7 @@ from impactx.metrics.localisation import (
 )
 from impactx.metrics.noise_accuracy import NoiseAccuracy
 from impactx.metrics.overlap import OverlapAUC
-from impactx.metrics.randomisation import ModelParameterRandomisation
+from impactx.metrics.randomisation import ModelParameterRandomisation, RandomLogit
 from impactx.metrics.region import LeRF, MoRF
 from impactx.metrics.sensitivity import AvgSensitivity, MaxSensitivity
 from impactx.metrics.smoothness import TotalVariation
@@ -78,6 +78,7 @@ __all__ = [
     "NoiseAccuracy",
     "OverlapAUC",
     "PointingGame",
+    "RandomLogit",
     "RelevanceMassAccuracy",
     "RelevanceRankAccuracy",
     "RemoveAbsoluteMean",

@@ -6,11 +6,14 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from impactx.metrics.base import ScalarMetric
 from impactx.metrics.functional.randomisation import (
     SIMILARITIES,
     Similarity,
     model_randomisation,
+    random_logit,
     randomisable_layers,
+    similarity_function,
 )
 from impactx.metrics.functional.sensitivity import ExplainerFn
 from impactx.metrics.functional.validation import check_chunk
@@ -99,3 +102,25 @@ class ModelParameterRandomisation(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"curve": mean similarity per randomisation step [L]}`` (steps named by ``layer_names``)."""
         return {"curve": self.similarity_sum / self.similarity_count}
+
+
+class RandomLogit(ScalarMetric):
+    """Mean random-logit similarity (Sixt et al., 2020; Quantus ``RandomLogit``) of ``explainer``: each image's map
+    of its class against its map of a randomly drawn other class (:func:`~impactx.metrics.functional.random_logit`;
+    ``similarity`` ``"ssim"`` as Quantus, ``"pearson"`` or ``"spearman"``). Lower is better. Undefined values (a
+    constant map) are left out."""
+
+    higher_is_better = False
+
+    def __init__(self, explainer, similarity: str = "ssim", seed: int = 0, **kwargs) -> None:
+        if not callable(explainer):
+            raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+        similarity_function(similarity)  # checks the name now
+        super().__init__(**kwargs)
+        self.explainer = explainer
+        self.similarity = similarity
+        self.seed = seed
+
+    def update(self, model, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None) -> None:
+        values = random_logit(model, images, targets, self.explainer, maps, similarity=self.similarity, seed=self.seed)
+        self._accumulate(values[~torch.isnan(values)])

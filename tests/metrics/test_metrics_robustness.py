@@ -282,3 +282,46 @@ def test_avg_and_max_sensitivity_match_quantus_with_shared_noise_and_changed_pre
                                return_nan_when_prediction_changes=nan_on_change)
     kept = expected[~torch.isnan(expected)]  # with the option on, the images with a changed copy are left out
     assert float(avg.compute()) == pytest.approx(float(kept.mean()), rel=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("similarity", ["pearson", "spearman"])
+def test_random_logit_matches_quantus_on_its_classes(similarity):
+    """Quantus draws the other class with numpy's generator; the same classes, given to impactx, give the same
+    similarities (Quantus' Pearson and Spearman similarity functions)."""
+    from impactx.metrics import RandomLogit
+    from impactx.metrics.functional import random_logit
+
+    model = tiny_cnn(1, 8, num_classes=5)
+    images, _, _ = batch(6, 1, 8, num_classes=5)
+    targets = model(images).argmax(dim=1)
+    maps = saliency(model, images, targets)
+    np.random.seed(3)
+    positions = np.random.randint(0, 4, 6)
+    others = torch.tensor([[c for c in range(5) if c != int(t)][p] for t, p in zip(targets, positions, strict=True)])
+
+    def explain(model, inputs, targets, **kwargs):
+        return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    func = {"pearson": quantus.similarity_func.correlation_pearson,
+            "spearman": quantus.similarity_func.correlation_spearman}[similarity]
+    ref = quantus.RandomLogit(num_classes=5, seed=3, similarity_func=func, normalise=False, abs=False,
+                              disable_warnings=True)(
+        model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps), explain_func=explain,
+        channel_first=True, device="cpu")
+    ours = random_logit(model, images, targets, saliency, maps, others=others, similarity=similarity)
+    torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    drawn = random_logit(model, images, targets, saliency, maps, similarity=similarity, seed=1)
+    alone = random_logit(model, images[2:3], targets[2:3], saliency, similarity=similarity, seed=1)
+    torch.testing.assert_close(alone, drawn[2:3])  # the drawn class is the image's own
+    metric = RandomLogit(saliency, similarity=similarity, seed=1)
+    metric.update(model, images, targets)
+    assert float(metric.compute()) == pytest.approx(float(drawn.mean()), rel=1e-5)
+
+
+def test_pearson_similarity_matches_scipy():
+    from impactx.metrics.functional import pearson_correlation
+
+    a, b = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5)
+    expected = [scipy.stats.pearsonr(a[i].flatten().numpy(), b[i].flatten().numpy())[0] for i in range(4)]
+    torch.testing.assert_close(pearson_correlation(a, b), torch.tensor(expected, dtype=torch.float32), atol=1e-5,
+                               rtol=1e-5)

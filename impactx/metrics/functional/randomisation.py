@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from impactx.core import eval_mode
+from impactx.core import eval_mode, image_keys, keyed_uniform
 from impactx.metrics.functional.sensitivity import ExplainerFn, _maps_of
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_maps
 
-Similarity = Literal["spearman", "ssim"]
-SIMILARITIES: tuple[str, ...] = ("spearman", "ssim")
+Similarity = Literal["spearman", "pearson", "ssim"]
+SIMILARITIES: tuple[str, ...] = ("spearman", "pearson", "ssim")
 
 
 def randomisable_layers(model: nn.Module) -> list[str]:
@@ -71,6 +71,23 @@ def spearman_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1))).to(a.dtype)
 
 
+def pearson_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation ``[B]`` between maps ``a`` and ``b`` ``[B, ...]`` (NaN where a map is constant, as
+    ``scipy.stats.pearsonr``)."""
+    x = a.reshape(a.shape[0], -1).double()
+    y = b.reshape(b.shape[0], -1).double()
+    x = x - x.mean(dim=1, keepdim=True)
+    y = y - y.mean(dim=1, keepdim=True)
+    return ((x * y).sum(dim=1) / (x.norm(dim=1) * y.norm(dim=1))).to(a.dtype)
+
+
+def similarity_function(name: str):
+    """The map similarity ``f(a [B,...], b [B,...]) -> [B]`` named ``name`` (:data:`SIMILARITIES`)."""
+    if name not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {name!r}")
+    return {"spearman": spearman_correlation, "pearson": pearson_correlation, "ssim": map_ssim}[name]
+
+
 def map_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM ``[B]`` between maps ``[B,Cm,H,W]`` after min-max scaling each map to ``[0, 1]`` (Adebayo et al.).
 
@@ -111,14 +128,13 @@ def model_randomisation(
     Args:
         explainer: ``explainer(model, x [N,C,H,W], y [N]) -> maps [N,Cm,H,W]``.
         maps: ``phi(x)`` of the trained model, if already computed.
-        similarity: ``"spearman"`` (rank correlation) or ``"ssim"``.
+        similarity: ``"spearman"`` (rank correlation), ``"pearson"`` or ``"ssim"``.
     """
     if not callable(explainer):
         raise TypeError(
             f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
         )
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    compare = similarity_function(similarity)
     targets_t = check_batch(model, images, targets)
     chunk = check_chunk(internal_batch_size)
     layers = randomisable_layers(model)
@@ -128,7 +144,6 @@ def model_randomisation(
         if maps is None:
             maps = _maps_of(explainer, model, images, targets_t, chunk)
     original = check_maps(images, maps).detach()
-    compare = spearman_correlation if similarity == "spearman" else map_ssim
     if abs:
         original = original.abs()
     columns, names = [], []
@@ -139,3 +154,43 @@ def model_randomisation(
         columns.append(compare(original, changed.abs() if abs else changed))
         names.append(name)
     return torch.stack(columns, dim=1), names
+
+
+def random_logit(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    explainer: ExplainerFn,
+    maps: torch.Tensor | None = None,
+    others: torch.Tensor | None = None,
+    similarity: Similarity = "ssim",
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> torch.Tensor:
+    """Random-logit test (Sixt et al., 2020; Quantus ``RandomLogit``): similarity ``[B]`` between each image's map
+    of its class and its map of another class drawn at random (lower is better: the map depends on the class).
+
+    Args:
+        others: the other classes ``[B]`` (``None``: drawn uniformly among the ``num_classes - 1`` others from
+            each image's key and ``seed``, so an image gets the same class in any batch).
+        similarity: ``"ssim"`` (Quantus' default), ``"pearson"`` or ``"spearman"``.
+        num_classes: ``K`` (``None``: the model's output width).
+    """
+    compare = similarity_function(similarity)
+    targets_t = check_batch(model, images, targets)
+    with eval_mode(model):
+        if maps is None:
+            maps = explainer(model, images, targets_t)
+        maps = check_maps(images, maps).detach()
+        if others is None:
+            if num_classes is None:
+                with torch.no_grad():
+                    num_classes = int(model(images[:1]).shape[1])
+            u = keyed_uniform(image_keys(images, seed), 1, stream=41)[:, 0]
+            shift = 1 + torch.floor(u * (num_classes - 1)).long().clamp(max=num_classes - 2)
+            others = (targets_t + shift) % num_classes
+        others = torch.as_tensor(others, device=images.device).long().view(-1)
+        if torch.any(others == targets_t):
+            raise ValueError("the other classes must differ from the targets")
+        other_maps = check_maps(images, explainer(model, images, others), "maps of the other classes").detach()
+    return compare(maps, other_maps)
