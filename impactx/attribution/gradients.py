@@ -101,7 +101,7 @@ class _GuidedReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, output: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(output)
-        return output.clone()
+        return output.view_as(output)  # a view, not a copy
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
