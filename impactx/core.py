@@ -192,6 +192,13 @@ def keyed_uniform(keys: torch.Tensor, n: int, stream: int = 0) -> torch.Tensor:
     return (h >> 8).to(torch.float32) / float(1 << 24)
 
 
+def keyed_normal(keys: torch.Tensor, n: int, streams: tuple[int, int]) -> torch.Tensor:
+    """``[B, n]`` standard normals from per-image ``keys [B]`` (Box-Muller on two :func:`keyed_uniform` streams)."""
+    u1 = keyed_uniform(keys, n, stream=streams[0]) + 0.5 / (1 << 24)  # in (0, 1): the log stays finite
+    u2 = keyed_uniform(keys, n, stream=streams[1])
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
 def gaussian_blur(
     images: torch.Tensor, sigma: float, padding: Literal["replicate", "reflect"] = "replicate"
 ) -> torch.Tensor:

@@ -45,7 +45,7 @@ from impactx.metrics.noise_accuracy import NoiseAccuracy
 from impactx.metrics.overlap import OverlapAUC
 from impactx.metrics.randomisation import ModelParameterRandomisation, RandomLogit
 from impactx.metrics.region import LeRF, MoRF
-from impactx.metrics.sensitivity import AvgSensitivity, MaxSensitivity
+from impactx.metrics.sensitivity import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
 from impactx.metrics.smoothness import TotalVariation
 from impactx.metrics.sparseness import Sparseness
 
@@ -72,6 +72,7 @@ __all__ = [
     "KeepPositiveMean",
     "KeepRemoveMetric",
     "LeRF",
+    "LocalLipschitzEstimate",
     "MaxSensitivity",
     "ModelParameterRandomisation",
     "MoRF",

@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.sensitivity import ExplainerFn, avg_sensitivity, max_sensitivity
+from impactx.metrics.functional.sensitivity import (
+    ExplainerFn,
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+)
 from impactx.metrics.functional.validation import check_chunk, check_int, check_radius
 
 
@@ -77,3 +82,31 @@ class AvgSensitivity(MaxSensitivity):
     the mean over the draws instead of the maximum. Lower is better."""
 
     score_fn = staticmethod(avg_sensitivity)
+
+
+class LocalLipschitzEstimate(ScalarMetric):
+    r"""Mean local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018; Quantus ``LocalLipschitzEstimate``):
+    ``max_j ||phi(x + d_j) - phi(x)||_2 / ||d_j||_2`` over ``n_samples`` Gaussian draws of ``std``. Lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, explainer: ExplainerFn, std: float = 0.1, n_samples: int = 200, seed: int = 0,
+                 internal_batch_size: int | None = 128, return_nan_when_prediction_changes: bool = False,
+                 **kwargs) -> None:
+        if not callable(explainer):
+            raise TypeError(
+                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
+            )
+        check_radius("std", std)
+        check_int("n_samples", n_samples)
+        check_chunk(internal_batch_size)
+        super().__init__(**kwargs)
+        self.explainer = explainer
+        self.options = dict(std=std, n_samples=n_samples, seed=seed, internal_batch_size=internal_batch_size,
+                            return_nan_when_prediction_changes=return_nan_when_prediction_changes)
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> None:
+        values = local_lipschitz_estimate(model, images, targets, self.explainer, maps, **self.options)
+        self._accumulate(values[~torch.isnan(values)])

@@ -184,7 +184,7 @@ def test_randomisation_errors():
     with pytest.raises(ValueError, match="no layer with parameters"):
         model_randomisation(nn.Flatten(), images, targets, saliency)
     with pytest.raises(ValueError, match="similarity must be one of"):
-        model_randomisation(tiny_cnn(1, 8), images, targets, saliency, similarity="pearson")
+        model_randomisation(tiny_cnn(1, 8), images, targets, saliency, similarity="kendall")
 
 
 # ---------------------------------------------------------------- accuracy under noise
@@ -325,3 +325,29 @@ def test_pearson_similarity_matches_scipy():
     expected = [scipy.stats.pearsonr(a[i].flatten().numpy(), b[i].flatten().numpy())[0] for i in range(4)]
     torch.testing.assert_close(pearson_correlation(a, b), torch.tensor(expected, dtype=torch.float32), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_local_lipschitz_estimate_matches_quantus_with_shared_noise():
+    from impactx.metrics import LocalLipschitzEstimate
+    from impactx.metrics.functional import lipschitz_noise, local_lipschitz_estimate
+
+    model = tiny_cnn(1, 8)
+    images, targets, _ = batch(3, 1, 8)
+    n, std = 6, 0.1
+    maps = saliency(model, images, targets)
+    noise = lipschitz_noise(images, std, n, seed=4)
+    assert abs(float(noise.std()) - std) < 0.01 and abs(float(noise.mean())) < 0.01
+
+    def explain(model, inputs, targets, **kwargs):
+        return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    ref = quantus.LocalLipschitzEstimate(nr_samples=n, perturb_func=_replay(noise.reshape(n, 3, -1).numpy()),
+                                         normalise=False, abs=False, disable_warnings=True)(
+        model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps), explain_func=explain,
+        channel_first=True, device="cpu")
+    ours = local_lipschitz_estimate(model, images, targets, saliency, maps, std=std, n_samples=n, seed=4,
+                                    internal_batch_size=5)
+    torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-4)
+    metric = LocalLipschitzEstimate(saliency, std=std, n_samples=n, seed=4)
+    metric.update(model, images, targets)
+    assert float(metric.compute()) == pytest.approx(float(ours.mean()), rel=1e-5)

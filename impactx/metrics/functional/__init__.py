@@ -36,7 +36,13 @@ from impactx.metrics.functional.randomisation import (
     spearman_correlation,
 )
 from impactx.metrics.functional.region import aopc, lerf_curve, morf_curve, region_perturbation_curve
-from impactx.metrics.functional.sensitivity import avg_sensitivity, max_sensitivity, uniform_ball_noise
+from impactx.metrics.functional.sensitivity import (
+    avg_sensitivity,
+    lipschitz_noise,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    uniform_ball_noise,
+)
 from impactx.metrics.functional.smoothness import standardise_per_image, total_variation
 from impactx.metrics.functional.sparseness import sparseness
 
@@ -61,6 +67,8 @@ __all__ = [
     "map_ssim",
     "masked_scores",
     "avg_sensitivity",
+    "lipschitz_noise",
+    "local_lipschitz_estimate",
     "max_sensitivity",
     "model_randomisation",
     "pearson_correlation",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from impactx.core import eval_mode, image_keys, keyed_uniform
+from impactx.core import eval_mode, image_keys, keyed_normal
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_noise_levels
 
 DEFAULT_NOISE_LEVELS: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(11))
@@ -19,11 +18,7 @@ _GAUSS_STREAMS = (31, 32)
 def gaussian_noise(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Standard normal noise ``[B,C,H,W]`` (Box-Muller on keyed uniforms): a function of (image, ``seed``)
     only, so an image gets the same draw alone, in any batch and on any DDP rank."""
-    keys = image_keys(images, seed)
-    n = images[0].numel()
-    u1 = keyed_uniform(keys, n, stream=_GAUSS_STREAMS[0]) + 0.5 / (1 << 24)  # in (0, 1): log stays finite
-    u2 = keyed_uniform(keys, n, stream=_GAUSS_STREAMS[1])
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    z = keyed_normal(image_keys(images, seed), images[0].numel(), _GAUSS_STREAMS)
     return z.to(images.dtype).view(images.shape)
 
 
