@@ -8,6 +8,7 @@ from torchmetrics import Metric
 
 from impactx.metrics.base import ScalarMetric
 from impactx.metrics.functional.randomisation import (
+    LAYER_ORDERS,
     SIMILARITIES,
     Similarity,
     model_randomisation,
@@ -59,6 +60,7 @@ class ModelParameterRandomisation(Metric):
         abs: bool = True,
         seed: int = 0,
         internal_batch_size: int | None = 128,
+        layer_order: str = "top_down",
         **kwargs,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -72,13 +74,18 @@ class ModelParameterRandomisation(Metric):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         check_chunk(internal_batch_size)
+        if layer_order not in LAYER_ORDERS:
+            raise ValueError(f"layer_order must be one of {LAYER_ORDERS}, got {layer_order!r}")
         super().__init__(**kwargs)
         self.layer_names = randomisable_layers(model)
+        if layer_order == "bottom_up":
+            self.layer_names = list(reversed(self.layer_names))
         if not self.layer_names:
             raise ValueError("the model has no layer with parameters and reset_parameters() to randomise")
         self.explainer = explainer
         self.options = dict(
-            similarity=similarity, abs=abs, seed=seed, internal_batch_size=internal_batch_size
+            similarity=similarity, abs=abs, seed=seed, internal_batch_size=internal_batch_size,
+            layer_order=layer_order,
         )
         n = len(self.layer_names)
         self.add_state("similarity_sum", default=torch.zeros(n), dist_reduce_fx="sum")

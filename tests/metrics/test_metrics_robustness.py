@@ -351,3 +351,28 @@ def test_local_lipschitz_estimate_matches_quantus_with_shared_noise():
     metric = LocalLipschitzEstimate(saliency, std=std, n_samples=n, seed=4)
     metric.update(model, images, targets)
     assert float(metric.compute()) == pytest.approx(float(ours.mean()), rel=1e-5)
+
+
+def test_layer_orders_randomise_the_layers_they_name():
+    """top_down cascades from the output, bottom_up from the input, independent re-initialises one layer at a time;
+    a layer gets the same random weights in every order."""
+    from impactx.metrics.functional.randomisation import cascading_randomisation, randomisable_layers
+
+    model = tiny_cnn(1, 8)
+    names = randomisable_layers(model)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def changed(copy_):
+        return sorted({k.rsplit(".", 1)[0] for k, v in copy_.state_dict().items() if not torch.equal(v, trained[k])})
+
+    seen = {order: [(name, changed(m)) for name, m in cascading_randomisation(model, 3, order)]
+            for order in ("top_down", "bottom_up", "independent")}
+    assert [n for n, _ in seen["top_down"]] == names and [n for n, _ in seen["bottom_up"]] == names[::-1]
+    assert [c for _, c in seen["top_down"]] == [sorted(names[:i + 1]) for i in range(len(names))]
+    assert [c for _, c in seen["bottom_up"]] == [sorted(names[::-1][:i + 1]) for i in range(len(names))]
+    assert [c for _, c in seen["independent"]] == [[n] for n in names]
+    weights = {order: {name: dict(m.named_modules())[name].weight.clone()
+                       for name, m in cascading_randomisation(model, 3, order)} for order in ("top_down", "independent")}
+    assert all(torch.equal(weights["top_down"][n], weights["independent"][n]) for n in names)
+    with pytest.raises(ValueError, match="layer_order"):
+        next(cascading_randomisation(model, 0, "sideways"))

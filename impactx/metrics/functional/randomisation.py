@@ -31,21 +31,35 @@ def randomisable_layers(model: nn.Module) -> list[str]:
     ]
 
 
-def cascading_randomisation(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
-    """Yield ``(layer name, model copy)`` with layers 1..l re-initialised, for l = 1..L (top first).
+LAYER_ORDERS: tuple[str, ...] = ("top_down", "bottom_up", "independent")
 
-    Works on one deep copy; the caller's model is never touched. Layer ``l`` (0-based) is re-initialised
-    by ``reset_parameters()`` on a CPU copy of the layer under ``torch.manual_seed(seed + l)`` (inside a
-    forked RNG: the global RNG is left as it was), then loaded into the model's layer; so the randomised
-    weights are the same in every call, process, DDP rank and device.
+
+def cascading_randomisation(model: nn.Module, seed: int = 0,
+                            layer_order: str = "top_down") -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(layer name, model copy)`` for each randomisable layer (Quantus' ``layer_order``):
+
+    - ``"top_down"`` (Adebayo et al.'s cascade): layers 1..l re-initialised, output side first;
+    - ``"bottom_up"``: the same cascade from the input side;
+    - ``"independent"``: only layer ``l`` re-initialised, the others trained.
+
+    Works on deep copies; the caller's model is never touched. A layer is re-initialised by
+    ``reset_parameters()`` on a CPU copy under ``torch.manual_seed(seed + k)``, ``k`` its position in the
+    top-down list (inside a forked RNG: the global RNG is left as it was), so a layer gets the same random
+    weights in every order, call, process, DDP rank and device.
     """
+    if layer_order not in LAYER_ORDERS:
+        raise ValueError(f"layer_order must be one of {LAYER_ORDERS}, got {layer_order!r}")
+    names = randomisable_layers(model)
+    steps = {name: k for k, name in enumerate(names)}
+    order = names if layer_order != "bottom_up" else list(reversed(names))
     clone = copy.deepcopy(model)
-    modules = dict(clone.named_modules())
-    for step, name in enumerate(randomisable_layers(clone)):
-        layer = modules[name]
+    for name in order:
+        if layer_order == "independent":
+            clone = copy.deepcopy(model)
+        layer = dict(clone.named_modules())[name]
         fresh = copy.deepcopy(layer).cpu()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed + step)
+            torch.manual_seed(seed + steps[name])
             fresh.reset_parameters()
         layer.load_state_dict(fresh.state_dict())
         yield name, clone
@@ -117,6 +131,7 @@ def model_randomisation(
     abs: bool = True,
     seed: int = 0,
     internal_batch_size: int | None = 128,
+    layer_order: str = "top_down",
 ) -> tuple[torch.Tensor, list[str]]:
     """Similarity between each image's map before and after each cascading-randomisation step.
 
@@ -129,6 +144,7 @@ def model_randomisation(
         explainer: ``explainer(model, x [N,C,H,W], y [N]) -> maps [N,Cm,H,W]``.
         maps: ``phi(x)`` of the trained model, if already computed.
         similarity: ``"spearman"`` (rank correlation), ``"pearson"`` or ``"ssim"``.
+        layer_order: ``"top_down"`` | ``"bottom_up"`` | ``"independent"`` (:func:`cascading_randomisation`).
     """
     if not callable(explainer):
         raise TypeError(
@@ -147,7 +163,7 @@ def model_randomisation(
     if abs:
         original = original.abs()
     columns, names = [], []
-    for name, randomised in cascading_randomisation(model, seed):
+    for name, randomised in cascading_randomisation(model, seed, layer_order):
         randomised.eval()
         changed = _maps_of(explainer, randomised, images, targets_t, chunk)
         changed = check_maps(images, changed, "maps of the randomised model")
