@@ -63,6 +63,7 @@ METRICS: dict[str, MetricInfo] = {
         for name, (cls, title) in _KEEP_REMOVE.items()
     },
     "average_drop": MetricInfo(M.AverageDrop, "maps"),
+    "completeness": MetricInfo(M.Completeness, "maps"),
     "increase_in_confidence": MetricInfo(M.IncreaseInConfidence, "maps"),
     "sparseness": MetricInfo(M.Sparseness, "maps_only"),
     "total_variation": MetricInfo(M.TotalVariation, "maps_only"),

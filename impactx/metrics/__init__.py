@@ -15,6 +15,7 @@ perturbation curves fill what they remove is one :class:`Perturbation` (``pertur
 
 from impactx.metrics import functional
 from impactx.metrics.advise import ClassSensitivity, XAIValue
+from impactx.metrics.axiomatic import Completeness
 from impactx.metrics.base import CurveMetric, ScalarMetric
 from impactx.metrics.complexity import EffectiveComplexity, EntropyComplexity
 from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
@@ -61,6 +62,7 @@ __all__ = [
     "AverageDrop",
     "AvgSensitivity",
     "ClassSensitivity",
+    "Completeness",
     "CurveMetric",
     "DeletionAUC",
     "EffectiveComplexity",

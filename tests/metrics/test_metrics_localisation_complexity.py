@@ -145,3 +145,31 @@ def test_complexity_closed_forms_and_classes() -> None:
     assert float(effective.compute()) == 2.0  # normalised by 1.0: |0.2| and |-1| exceed 0.1
     with pytest.raises(ValueError, match="eps"):
         EffectiveComplexity(eps=-1.0)
+
+
+def test_completeness_gap_separates_complete_from_incomplete_methods() -> None:
+    """IG from the same baseline closes the gap (to its quadrature error); the plain gradient does not; on a model
+    without bias, input x gradient is exactly complete from zero."""
+    from impactx.attribution import attribute
+    from impactx.metrics import Completeness
+    from impactx.metrics.functional.axiomatic import completeness_gap
+
+    model = tiny_cnn(1).double()
+    images, _, _ = batch(4, 1)
+    images = images.double()
+    targets = model(images).argmax(dim=1)
+    ig = attribute("ig", model, images, targets, n_steps=64)
+    with torch.no_grad():
+        gap = model(images).gather(1, targets[:, None])[:, 0] - model(torch.zeros_like(images)).gather(
+            1, targets[:, None])[:, 0]
+    expected = (ig.flatten(1).sum(dim=1) - gap).abs()
+    torch.testing.assert_close(completeness_gap(model, images, targets, ig), expected)
+    assert float(completeness_gap(model, images, targets, ig, relative=True).max()) < 1e-3
+    gradient = attribute("gradient", model, images, targets)
+    assert float(completeness_gap(model, images, targets, gradient, relative=True).mean()) > 0.5
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 3, bias=False)).double()
+    ixg = attribute("input_x_gradient", linear, images, torch.tensor([0, 1, 2, 0]))
+    assert float(completeness_gap(linear, images, torch.tensor([0, 1, 2, 0]), ixg).max()) < 1e-12
+    metric = Completeness(relative=True)
+    metric.update(model, images, targets, ig)
+    assert float(metric.compute()) < 1e-3
