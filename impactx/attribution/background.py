@@ -15,8 +15,9 @@ import torch
 from impactx.core import check_int
 
 BackgroundSource = Any
-"""A ``[N,C,H,W]`` tensor, a map-style ``Dataset`` whose items are ``image`` or ``(image, label, ...)``, or
-any object with a ``.dataset(split)`` method returning such a Dataset (e.g. an impactx DataModule)."""
+"""A ``[N,C,H,W]`` tensor, a map-style ``Dataset`` whose items are ``image`` or ``(image, label, ...)``, any
+object with a ``.dataset(split)`` method returning such a Dataset (e.g. an impactx DataModule), or a callable
+with no arguments that returns the tensor."""
 
 
 def _item_image(item: Any) -> torch.Tensor:
@@ -40,9 +41,15 @@ def materialise_background(
     From a datamodule (``source.dataset(split)``), a Dataset, or a tensor of more than ``max_background``
     images, the images at ``max_background`` positions drawn without replacement by a generator seeded with
     ``seed`` are kept, so the same source and seed always give the same set (random augmentation included);
-    a smaller tensor is used whole.
+    a smaller tensor is used whole. A callable with no arguments (Captum's callable ``baselines``) is called and
+    its result used as a tensor source.
     """
     check_int("max_background", max_background)
+    if (callable(source) and not isinstance(source, torch.Tensor) and not hasattr(source, "__getitem__")
+            and not callable(getattr(source, "dataset", None))):
+        source = source()
+        if not isinstance(source, torch.Tensor):
+            raise TypeError(f"a background callable must return a [N,C,H,W] tensor, got {type(source).__name__}")
     if isinstance(source, torch.Tensor):
         background = source.detach() if source.requires_grad else source
         if background.dim() == 4 and background.shape[0] > max_background:

@@ -196,3 +196,15 @@ def test_background_errors(tiny_cnn, tiny_images):
         create_explainer("eg", background=object())(tiny_cnn, tiny_images, 0)
     with pytest.raises(ValueError, match="n_samples"):
         ExpectedGradients(n_samples=0)
+
+
+def test_callable_background_is_the_tensor_it_returns(tiny_cnn, tiny_images, tiny_background) -> None:
+    """Captum's callable ``baselines``: a zero-argument callable giving the background tensor."""
+    from impactx.attribution import attribute
+
+    target = torch.tensor([0, 1, 2, 0])
+    expected = attribute("eg", tiny_cnn, tiny_images, target, background=tiny_background, n_samples=8, seed=1)
+    got = attribute("eg", tiny_cnn, tiny_images, target, background=lambda: tiny_background, n_samples=8, seed=1)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    with pytest.raises(TypeError, match="callable must return"):
+        attribute("eg", tiny_cnn, tiny_images, target, background=lambda: "images", n_samples=8)
