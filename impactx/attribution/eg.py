@@ -27,8 +27,12 @@ from impactx.core import (
     check_internal_batch_size,
     check_output,
     image_keys,
+    keyed_normal,
     keyed_uniform,
 )
+
+#: keyed_uniform streams of GradientShap's input noise (the reference and alpha draws use others).
+NOISE_STREAMS = (57, 58)
 
 
 def draw_references(
@@ -76,6 +80,8 @@ class ExpectedGradients(Explainer):
             items of a Dataset/datamodule become the background (0 when ``None``).
         max_background: at most this many images are kept of a Dataset/datamodule (or a longer tensor).
         split: the datamodule split the background comes from.
+        stdevs: GradientShap's input noise (Captum ``GradientShap(stdevs=...)``): each sample's path ends at
+            ``x + N(0, stdevs^2)`` instead of ``x`` (noise drawn from the image's key and the seed). 0: plain EG.
         reduce_channels: sum the attributions over channels (``[B,1,H,W]``).
 
     ``explainer(model, x [B,C,H,W], target [B]) -> [B,C,H,W]``.
@@ -93,10 +99,14 @@ class ExpectedGradients(Explainer):
         seed: int | None = 0,
         max_background: int = 1000,
         split: str = "train",
+        stdevs: float = 0.0,
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
         check_int("n_samples", n_samples)
+        if isinstance(stdevs, bool) or not isinstance(stdevs, int | float) or not stdevs >= 0:
+            raise ValueError(f"stdevs must be a number >= 0, got {stdevs!r}")
+        self.stdevs = float(stdevs)
         check_output(output)
         check_internal_batch_size(internal_batch_size)
         self.n_samples = n_samples
@@ -118,6 +128,9 @@ class ExpectedGradients(Explainer):
         indices, alphas = draw_references(inputs, background.shape[0], self.n_samples, call_seed(self.seed))
         references = background[indices.to(inputs.device)]  # [B, S, C, H, W]
         weights = torch.full(alphas.shape, 1.0 / self.n_samples, dtype=inputs.dtype, device=inputs.device)
+        endpoints = None
+        if self.stdevs > 0:
+            endpoints = inputs.unsqueeze(1) + self.input_noise(inputs, call_seed(self.seed))
         return path_attribution(
             model,
             inputs,
@@ -128,4 +141,11 @@ class ExpectedGradients(Explainer):
             output=self.output,
             create_graph=self.create_graph,
             internal_batch_size=self.internal_batch_size,
+            endpoints=endpoints,
         )
+
+    def input_noise(self, inputs: torch.Tensor, seed: int) -> torch.Tensor:
+        """The noise ``[B,S,C,H,W]`` (``stdevs`` times a standard normal keyed on each image) of GradientShap."""
+        size = self.n_samples * inputs[0].numel()
+        noise = keyed_normal(image_keys(inputs, seed), size, NOISE_STREAMS)
+        return (self.stdevs * noise).to(inputs.dtype).view(inputs.shape[0], self.n_samples, *inputs.shape[1:])

@@ -28,6 +28,7 @@ def path_attribution(
     create_graph: bool = False,
     internal_batch_size: int | None = None,
     multiply_by_inputs: bool = True,
+    endpoints: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted path attribution.
 
@@ -44,6 +45,8 @@ def path_attribution(
             is bounded by the block, not by ``B * S``.
         multiply_by_inputs: ``False`` leaves out the factor ``(x - r_s)``: the weighted mean gradient along the
             paths (Captum's ``multiply_by_inputs=False``, a "local" attribution).
+        endpoints: ``[B, S, C, H, W]`` per-sample ends of the paths instead of ``inputs`` (GradientShap's noisy
+            copies ``x + eps_s``): ``phi = sum_s w_s (e_s - r_s) grad f(r_s + alpha_s (e_s - r_s))``.
 
     Returns:
         ``[B, C, H, W]`` attributions.
@@ -51,9 +54,10 @@ def path_attribution(
     if not create_graph:
         # Without create_graph the result is a plain tensor: no path back to the inputs through (x - r).
         inputs, references = inputs.detach(), references.detach()
+        endpoints = None if endpoints is None else endpoints.detach()
     batch, samples = alphas.shape
     chunk = batch * samples if not internal_batch_size else max(1, int(internal_batch_size))
-    shared_reference = samples == 1 or references.stride(1) == 0
+    shared_reference = endpoints is None and (samples == 1 or references.stride(1) == 0)
     steps_per_block = math.ceil(samples / math.ceil(samples / chunk))
     images_per_block = max(1, chunk // samples)
     dtype = inputs.dtype
@@ -66,7 +70,7 @@ def path_attribution(
         for j in range(0, samples, steps_per_block):
             cols = slice(j, j + steps_per_block)
             ref = references[rows, cols]  # [n, s, C, H, W]
-            delta = x - ref
+            delta = (x if endpoints is None else endpoints[rows, cols]) - ref
             a = alphas[rows, cols].to(dtype).reshape(n, -1, 1, 1, 1)
             w = weights[rows, cols].to(dtype).reshape(n, -1, 1, 1, 1)
             s = a.shape[1]

@@ -208,3 +208,29 @@ def test_callable_background_is_the_tensor_it_returns(tiny_cnn, tiny_images, tin
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
     with pytest.raises(TypeError, match="callable must return"):
         attribute("eg", tiny_cnn, tiny_images, target, background=lambda: "images", n_samples=8)
+
+
+def test_gradient_shap_noise_follows_its_definition(tiny_cnn, tiny_images, tiny_background) -> None:
+    """With ``stdevs``, each sample's path ends at its noisy copy: ``mean_s (e_s - r_s) grad f(r_s + a_s (e_s - r_s))``
+    with ``e_s = x + noise_s``, written here as a loop over the explainer's draws; ``stdevs=0`` is plain EG."""
+    from impactx.attribution import create_explainer
+    from impactx.attribution.eg import draw_references
+
+    target = torch.tensor([0, 1, 2, 0])
+    shap = create_explainer("eg", background=tiny_background, n_samples=5, seed=2, stdevs=0.3)
+    got = shap(tiny_cnn, tiny_images, target)
+    indices, alphas = draw_references(tiny_images, tiny_background.shape[0], 5, 2)
+    noise = shap.input_noise(tiny_images, 2)
+    assert 0.25 < float(noise.std()) < 0.35
+    for b in range(4):
+        total = torch.zeros_like(tiny_images[b])
+        for s in range(5):
+            ref = tiny_background[indices[b, s]]
+            end = tiny_images[b] + noise[b, s]
+            point = (ref + alphas[b, s] * (end - ref)).unsqueeze(0).requires_grad_(True)
+            (grad,) = torch.autograd.grad(tiny_cnn(point)[0, target[b]], point)
+            total += (end - ref) * grad[0] / 5
+        torch.testing.assert_close(got[b], total, atol=1e-12, rtol=1e-9)
+    plain = create_explainer("eg", background=tiny_background, n_samples=5, seed=2)
+    torch.testing.assert_close(create_explainer("eg", background=tiny_background, n_samples=5, seed=2, stdevs=0)(
+        tiny_cnn, tiny_images, target), plain(tiny_cnn, tiny_images, target), atol=0, rtol=0)
