@@ -258,3 +258,27 @@ def test_idgi_of_a_linear_model_follows_the_weights() -> None:
     gap = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None]).view(3, 1, 1, 1).detach()
     expected = w**2 / (w**2).flatten(1).sum(dim=1).view(3, 1, 1, 1) * gap
     torch.testing.assert_close(attribute("idgi", model, x, t, n_steps=4), expected)
+
+
+def test_fullgrad_equals_pytorch_grad_cam_with_batchnorm_biases() -> None:
+    """pytorch-grad-cam's FullGrad (input term and every Conv2d/BatchNorm2d bias term, each channel min-max scaled
+    and resized, the sum scaled again), on a net whose BatchNorm has non-trivial running statistics."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = ReluNet()
+    model.features.insert(1, nn.BatchNorm2d(8))
+    with torch.no_grad():
+        bn = model.features[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+    model.eval()
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2, 4])
+    with pytorch_grad_cam.FullGrad(model=model, target_layers=[]) as cam:
+        expected = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
+    ours = attribute("fullgrad", model, x, t, reduce_channels=True)[:, 0]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
+    assert float(np.ptp(expected)) > 0.5
