@@ -29,6 +29,8 @@ FAST_OPTIONS: dict[str, dict] = {
     "smoothgrad": {"n_samples": 3},
     "smoothgrad_sq": {"n_samples": 3},
     "vargrad": {"n_samples": 3},
+    "noisegrad": {"n_models": 2},
+    "fusiongrad": {"n_models": 2, "n_samples": 2},
 }
 TAKES_BACKGROUND = {"eg", "wg", "deepprior_eg"}
 

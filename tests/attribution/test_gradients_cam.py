@@ -282,3 +282,26 @@ def test_fullgrad_equals_pytorch_grad_cam_with_batchnorm_biases() -> None:
     ours = attribute("fullgrad", model, x, t, reduce_channels=True)[:, 0]
     np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
     assert float(np.ptp(expected)) > 0.5
+
+
+def test_noisegrad_on_a_linear_model_is_the_mean_noisy_weight_row() -> None:
+    """f(x) = W x: the gradient on a noisy copy is that copy's row of W, so NoiseGrad is their mean; with std 0 it
+    is the plain method, and FusionGrad of a linear model (gradients independent of the input) is NoiseGrad."""
+    from impactx.attribution.noisegrad import noisy_models
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, bias=False)).double().eval()
+    trained = model[1].weight.detach().clone()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1])
+    rows = torch.stack([m[1].weight[t].detach() for m in noisy_models(model, 5, 0.3, 2)]).mean(dim=0)
+    got = attribute("noisegrad", model, x, t, method="gradient", n_models=5, std=0.3, seed=2)
+    torch.testing.assert_close(got, rows.view(4, 1, 4, 4))
+    assert not torch.allclose(got, attribute("gradient", model, x, t))
+    torch.testing.assert_close(attribute("noisegrad", model, x, t, method="gradient", n_models=3, std=0.0),
+                               attribute("gradient", model, x, t))
+    fusion = attribute("fusiongrad", model, x, t, method="gradient", n_models=5, std=0.3, n_samples=3, seed=2)
+    torch.testing.assert_close(fusion, got)
+    copies = list(noisy_models(model, 2, 0.3, 2))
+    assert not torch.equal(copies[0][1].weight, copies[1][1].weight)
+    assert torch.equal(model[1].weight, trained)  # the model itself is untouched
