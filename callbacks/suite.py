@@ -64,6 +64,7 @@ METRICS: dict[str, MetricInfo] = {
     },
     "average_drop": MetricInfo(M.AverageDrop, "maps"),
     "completeness": MetricInfo(M.Completeness, "maps"),
+    "non_sensitivity": MetricInfo(M.NonSensitivity, "maps"),
     "increase_in_confidence": MetricInfo(M.IncreaseInConfidence, "maps"),
     "sparseness": MetricInfo(M.Sparseness, "maps_only"),
     "total_variation": MetricInfo(M.TotalVariation, "maps_only"),

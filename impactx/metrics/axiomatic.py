@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.axiomatic import completeness_gap
+from impactx.metrics.functional.axiomatic import completeness_gap, non_sensitivity
 from impactx.metrics.functional.validation import check_output_name
 
-__all__ = ["Completeness"]
+__all__ = ["Completeness", "NonSensitivity"]
 
 
 class Completeness(ScalarMetric):
@@ -28,3 +28,21 @@ class Completeness(ScalarMetric):
 
     def update(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor) -> None:
         self._accumulate(completeness_gap(model, images, targets, maps, **self.options))
+
+
+class NonSensitivity(ScalarMetric):
+    """Mean number of non-sensitivity violations per image (Nguyen & Martinez, 2020; Quantus ``NonSensitivity``;
+    see :func:`~impactx.metrics.functional.axiomatic.non_sensitivity`). Lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, eps: float = 1e-5, features_in_step: int = 1, baseline: float | str = "black",
+                 abs: bool = True, output: str = "logit", internal_batch_size: int | None = 256,  # noqa: A002
+                 **kwargs: Any) -> None:
+        check_output_name(output)
+        super().__init__(**kwargs)
+        self.options = {"eps": eps, "features_in_step": features_in_step, "baseline": baseline, "abs": abs,
+                        "output": output, "internal_batch_size": internal_batch_size}
+
+    def update(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor) -> None:
+        self._accumulate(non_sensitivity(model, images, targets, maps, **self.options))

@@ -173,3 +173,25 @@ def test_completeness_gap_separates_complete_from_incomplete_methods() -> None:
     metric = Completeness(relative=True)
     metric.update(model, images, targets, ig)
     assert float(metric.compute()) < 1e-3
+
+
+def test_non_sensitivity_equals_quantus() -> None:
+    """Quantus NonSensitivity (one feature per step, "black" baseline = each image's minimum) on maps where some
+    features have no attribution; normalise=False on both (Quantus normalises over the whole call)."""
+    from impactx.metrics import NonSensitivity
+    from impactx.metrics.functional.axiomatic import non_sensitivity
+
+    model = tiny_cnn(1, 8)
+    images, targets, maps = batch(3, 1, 8)
+    maps = torch.where(maps.abs() > 0.8, maps, torch.zeros_like(maps))  # many attribution-free features
+    expected = quantus.NonSensitivity(eps=1e-3, abs=True, normalise=False, disable_warnings=True)(
+        model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps), channel_first=True,
+        device="cpu", softmax=True)
+    ours = non_sensitivity(model, images, targets, maps, eps=1e-3, output="prob", internal_batch_size=50)
+    torch.testing.assert_close(ours, torch.tensor(np.asarray(expected), dtype=torch.float32))
+    assert 0 < float(ours.min()) < 64
+    metric = NonSensitivity(eps=1e-3, output="prob")
+    metric.update(model, images, targets, maps)
+    assert float(metric.compute()) == pytest.approx(float(ours.mean()))
+    grouped = non_sensitivity(model, images, targets, maps, eps=1e-3, output="prob", features_in_step=4)
+    assert grouped.shape == (3,) and float(grouped.max()) <= 16
