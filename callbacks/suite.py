@@ -76,6 +76,7 @@ METRICS: dict[str, MetricInfo] = {
     "attribution_localisation": MetricInfo(M.AttributionLocalisation, "masks"),
     "max_sensitivity": MetricInfo(M.MaxSensitivity, "explainer"),
     "avg_sensitivity": MetricInfo(M.AvgSensitivity, "explainer"),
+    "input_invariance": MetricInfo(M.InputInvariance, "explainer"),
     "local_lipschitz_estimate": MetricInfo(M.LocalLipschitzEstimate, "explainer"),
     "class_sensitivity": MetricInfo(M.ClassSensitivity, "explainer"),
     "xai_value": MetricInfo(M.XAIValue, "explainer"),

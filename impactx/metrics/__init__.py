@@ -15,7 +15,7 @@ perturbation curves fill what they remove is one :class:`Perturbation` (``pertur
 
 from impactx.metrics import functional
 from impactx.metrics.advise import ClassSensitivity, XAIValue
-from impactx.metrics.axiomatic import Completeness, NonSensitivity
+from impactx.metrics.axiomatic import Completeness, InputInvariance, NonSensitivity
 from impactx.metrics.base import CurveMetric, ScalarMetric
 from impactx.metrics.complexity import EffectiveComplexity, EntropyComplexity
 from impactx.metrics.confidence import AverageDrop, IncreaseInConfidence
@@ -68,6 +68,7 @@ __all__ = [
     "EffectiveComplexity",
     "EntropyComplexity",
     "IncreaseInConfidence",
+    "InputInvariance",
     "InsertionAUC",
     "KeepAbsoluteMean",
     "KeepNegativeMean",

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.axiomatic import completeness_gap, non_sensitivity
+from impactx.metrics.functional.axiomatic import completeness_gap, input_invariance, non_sensitivity
 from impactx.metrics.functional.validation import check_output_name
 
-__all__ = ["Completeness", "NonSensitivity"]
+__all__ = ["Completeness", "InputInvariance", "NonSensitivity"]
 
 
 class Completeness(ScalarMetric):
@@ -46,3 +46,21 @@ class NonSensitivity(ScalarMetric):
 
     def update(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor) -> None:
         self._accumulate(non_sensitivity(model, images, targets, maps, **self.options))
+
+
+class InputInvariance(ScalarMetric):
+    """Mean relative change of ``explainer``'s maps under a compensated constant input shift (Kindermans et al.;
+    :func:`~impactx.metrics.functional.axiomatic.input_invariance`). Lower is better; 0 is invariant."""
+
+    higher_is_better = False
+
+    def __init__(self, explainer: Any, shift: float = -1.0, **kwargs: Any) -> None:
+        if not callable(explainer):
+            raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+        super().__init__(**kwargs)
+        self.explainer = explainer
+        self.shift = float(shift)
+
+    def update(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+               maps: torch.Tensor | None = None) -> None:
+        self._accumulate(input_invariance(model, images, targets, self.explainer, maps, self.shift))

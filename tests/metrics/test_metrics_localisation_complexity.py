@@ -195,3 +195,26 @@ def test_non_sensitivity_equals_quantus() -> None:
     assert float(metric.compute()) == pytest.approx(float(ours.mean()))
     grouped = non_sensitivity(model, images, targets, maps, eps=1e-3, output="prob", features_in_step=4)
     assert grouped.shape == (3,) and float(grouped.max()) <= 16
+
+
+def test_input_invariance_separates_gradients_from_input_times_gradient() -> None:
+    """Kindermans et al.: under a compensated input shift the gradient is unchanged, input x gradient and IG from a
+    fixed zero baseline are not (closed forms: the shifted input x gradient differs by exactly c * gradient)."""
+    from impactx.attribution import create_explainer
+    from impactx.metrics import InputInvariance
+    from impactx.metrics.functional.axiomatic import ShiftedInput, input_invariance
+
+    model = tiny_cnn(1).double()
+    images, targets, _ = batch(3, 1)
+    images = images.double()
+    gradient, ixg = create_explainer("gradient"), create_explainer("input_x_gradient")
+    assert float(input_invariance(model, images, targets, gradient).max()) < 1e-12
+    grads = gradient(model, images, targets)
+    expected = (-1.0 * grads).flatten(1).norm(dim=1) / ixg(model, images, targets).flatten(1).norm(dim=1)
+    torch.testing.assert_close(input_invariance(model, images, targets, ixg), expected)
+    assert float(input_invariance(model, images, targets, create_explainer("ig", n_steps=16)).min()) > 0.05
+    with torch.no_grad():
+        torch.testing.assert_close(ShiftedInput(model, -1.0)(images - 1.0), model(images))
+    metric = InputInvariance(gradient)
+    metric.update(model, images, targets)
+    assert float(metric.compute()) < 1e-12

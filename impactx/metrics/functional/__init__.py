@@ -5,7 +5,7 @@ evaluates all perturbed variants of a batch as batches (chunked by ``internal_ba
 device, and is deterministic under its ``seed`` (random draws depend only on the image and the seed).
 """
 
-from impactx.metrics.functional.axiomatic import completeness_gap, non_sensitivity
+from impactx.metrics.functional.axiomatic import completeness_gap, input_invariance, non_sensitivity
 from impactx.metrics.functional.confidence import (
     average_drop,
     confidence_change,
@@ -49,6 +49,7 @@ from impactx.metrics.functional.sparseness import sparseness
 
 __all__ = [
     "completeness_gap",
+    "input_invariance",
     "non_sensitivity",
     "DEFAULT_NOISE_LEVELS",
     "REPLACEMENTS",

@@ -1,4 +1,4 @@
-"""Axiomatic checks of attribution maps (survey section 4): completeness and non-sensitivity."""
+"""Axiomatic checks of attribution maps (survey section 4): completeness, non-sensitivity, input invariance."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from impactx.core import eval_mode, forward_scores
+from impactx.metrics.functional.sensitivity import ExplainerFn
 from impactx.metrics.functional.validation import check_batch, check_maps, check_output_name
 
-__all__ = ["completeness_gap", "non_sensitivity"]
+__all__ = ["ShiftedInput", "completeness_gap", "input_invariance", "non_sensitivity"]
 
 
 def completeness_gap(
@@ -86,3 +87,41 @@ def non_sensitivity(
     padded = torch.nn.functional.pad(attribution < eps, (0, steps * k - d), value=True)
     attribution_free = padded.view(b, steps, k).all(dim=2)
     return (moved == attribution_free).sum(dim=1).to(images.dtype)
+
+
+class ShiftedInput(nn.Module):
+    """``model`` behind a constant input shift: ``ShiftedInput(model, c)(x + c) == model(x)`` (Kindermans et al.'s
+    compensated network, the same function of the shifted input)."""
+
+    def __init__(self, model: nn.Module, shift: float) -> None:
+        super().__init__()
+        self.model = model
+        self.shift = float(shift)
+        self.num_classes = getattr(model, "num_classes", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x - self.shift)
+
+
+def input_invariance(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | int,
+    explainer: ExplainerFn,
+    maps: torch.Tensor | None = None,
+    shift: float = -1.0,
+) -> torch.Tensor:
+    """Input invariance (Kindermans et al., 2019; Quantus ``InputInvariance``) per image ``[B]``: the relative change
+    ``||phi'(x + c) - phi(x)|| / ||phi(x)||`` of the map when the input is shifted by ``c`` and the model compensates
+    (:class:`ShiftedInput`, the same function), 0 for an invariant method (gradients, saliency, a baseline shifted
+    with the input), > 0 for input x gradient or IG from a fixed zero baseline. Quantus tests exact equality of the
+    two maps (a bool); this says by how much they differ. The explainer sees the compensated model as a wrapper
+    (its layers under ``model.``), so methods that name a layer need the prefixed name."""
+    targets_t = check_batch(model, images, targets)
+    with eval_mode(model):
+        if maps is None:
+            maps = explainer(model, images, targets_t)
+        maps = check_maps(images, maps).detach()
+        shifted = explainer(ShiftedInput(model, shift), images + shift, targets_t).detach()
+    change = (shifted.reshape(maps.shape[0], -1) - maps.reshape(maps.shape[0], -1)).norm(dim=1)
+    return change / maps.reshape(maps.shape[0], -1).norm(dim=1).clamp_min(1e-12)
