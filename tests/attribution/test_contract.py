@@ -30,6 +30,7 @@ FAST_OPTIONS: dict[str, dict] = {
     "smoothgrad_sq": {"n_samples": 3},
     "vargrad": {"n_samples": 3},
     "noisegrad": {"n_models": 2},
+    "integrated_hessians": {"n_steps": 3},
     "fusiongrad": {"n_models": 2, "n_samples": 2},
 }
 TAKES_BACKGROUND = {"eg", "wg", "deepprior_eg"}

@@ -305,3 +305,47 @@ def test_noisegrad_on_a_linear_model_is_the_mean_noisy_weight_row() -> None:
     copies = list(noisy_models(model, 2, 0.3, 2))
     assert not torch.equal(copies[0][1].weight, copies[1][1].weight)
     assert torch.equal(model[1].weight, trained)  # the model itself is untouched
+
+
+def _path_explain_torch():
+    """The authors' PyTorch explainer; its package ``__init__`` imports TensorFlow, so the file is loaded alone."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("path_explain")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("path-explain is not installed")
+    path = f"{list(spec.submodule_search_locations)[0]}/explainers/path_explainer_torch.py"
+    module_spec = importlib.util.spec_from_file_location("path_explainer_torch", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.PathExplainerTorch
+
+
+def test_integrated_hessians_equal_path_explain() -> None:
+    """Janizek et al.'s own PyTorch code (``PathExplainerTorch.interactions``, IG of IG on a straight path, tabular
+    inputs only): impactx's pairs equal its matrix entries and the per-feature sums equal its row sums, on a smooth
+    network where the Hessian is not zero."""
+    from impactx.attribution.hessians import interaction_pairs
+
+    explainer_cls = _path_explain_torch()
+    torch.manual_seed(0)
+    tabular = nn.Sequential(nn.Linear(6, 8), nn.Softplus(), nn.Linear(8, 3)).double().eval()
+    image_model = nn.Sequential(nn.Flatten(), tabular).eval()
+    image_model.num_classes = 3
+    x = torch.randn(4, 6, dtype=torch.float64)
+    baseline = torch.zeros(1, 6, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1])
+    n = 5
+    matrix = explainer_cls(tabular).interactions(x.clone().requires_grad_(True), baseline, num_samples=n * n,
+                                                 use_expectation=False, output_indices=t, verbose=False)
+    images = x.view(4, 1, 2, 3)
+    pairs = [(0, 0), (0, 3), (2, 5), (5, 2), (4, 4)]
+    ours = interaction_pairs(image_model, images, t, pairs, n_steps=n)
+    expected = torch.stack([matrix[:, i, j] for i, j in pairs], dim=1).to(ours)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    sums = attribute("integrated_hessians", image_model, images, t, n_steps=n)
+    torch.testing.assert_close(sums.view(4, 6), matrix.sum(dim=2).to(sums), atol=1e-6, rtol=1e-5)
+    assert float(matrix[:, 0, 3].abs().max()) > 1e-4  # real off-diagonal interactions
+    ig = attribute("ig", image_model, images, t, n_steps=64)
+    fine = attribute("integrated_hessians", image_model, images, t, n_steps=24)
+    torch.testing.assert_close(fine, ig, atol=0.05 * float(ig.abs().max()), rtol=0)  # completeness, in the limit
