@@ -31,6 +31,7 @@ FAST_OPTIONS: dict[str, dict] = {
     "vargrad": {"n_samples": 3},
     "noisegrad": {"n_models": 2},
     "integrated_hessians": {"n_steps": 3},
+    "agi": {"max_iter": 3, "n_classes": 3},
     "fusiongrad": {"n_models": 2, "n_samples": 2},
 }
 TAKES_BACKGROUND = {"eg", "wg", "deepprior_eg"}

@@ -349,3 +349,35 @@ def test_integrated_hessians_equal_path_explain() -> None:
     ig = attribute("ig", image_model, images, t, n_steps=64)
     fine = attribute("integrated_hessians", image_model, images, t, n_steps=24)
     torch.testing.assert_close(fine, ig, atol=0.05 * float(ig.abs().max()), rtol=0)  # completeness, in the limit
+
+
+def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch) -> None:
+    """Algorithm 1 of Pan et al. per image and false class: signed ascent on p_k, stop when k is predicted,
+    accumulate -grad p_y * step; the authors' selected classes range(0, K - 1, K // n)."""
+    from impactx.attribution.agi import false_classes
+
+    x, t = batch
+    eps, iters, n = 0.2, 6, 3
+    ours = attribute("agi", relu_net, x, t, eps=eps, max_iter=iters, n_classes=n)
+    with torch.no_grad():
+        predicted = relu_net(x).argmax(dim=1)
+    assert false_classes(5, 3) == [0, 1, 2]
+    for i in range(x.shape[0]):
+        expected = torch.zeros_like(x[i])
+        for k in false_classes(5, n):
+            if k == int(predicted[i]):
+                continue
+            point = x[i:i + 1].clone()
+            for _ in range(iters):
+                point.requires_grad_(True)
+                out = relu_net(point)
+                if int(out.argmax(dim=1)) == k:
+                    break
+                probabilities = out.softmax(dim=1)
+                (grad_adv,) = torch.autograd.grad(probabilities[0, k], point, retain_graph=True)
+                (grad_lab,) = torch.autograd.grad(probabilities[0, t[i]], point)
+                step = eps * grad_adv.sign()
+                expected -= (grad_lab * step)[0]
+                point = (point + step).detach()
+        torch.testing.assert_close(ours[i], expected, atol=1e-12, rtol=1e-9)
+    assert float(ours.abs().max()) > 0
