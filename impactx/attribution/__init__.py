@@ -7,6 +7,6 @@ from impactx.attribution.base import Explainer
 from impactx.attribution.registry import attribute, available, create_explainer, explainer_class, register
 
 # Importing a method's module registers it.
-from impactx.attribution import advise, agi, blur_ig, cam, deeplift, deepprior, eg, fullgrad, gradients, hessians, idgi, ig, noisegrad, partition, random_map, wg  # noqa: E402,F401  isort: skip
+from impactx.attribution import advise, agi, blur_ig, boundary_ig, cam, deeplift, deepprior, eg, fullgrad, gradients, hessians, idgi, ig, noisegrad, partition, random_map, wg  # noqa: E402,F401  isort: skip
 
 __all__ = ["Explainer", "attribute", "available", "create_explainer", "explainer_class", "register"]

@@ -32,6 +32,7 @@ FAST_OPTIONS: dict[str, dict] = {
     "noisegrad": {"n_models": 2},
     "integrated_hessians": {"n_steps": 3},
     "agi": {"max_iter": 3, "n_classes": 3},
+    "boundary_ig": {"steps": 3, "n_steps": 4},
     "fusiongrad": {"n_models": 2, "n_samples": 2},
 }
 TAKES_BACKGROUND = {"eg", "wg", "deepprior_eg"}

@@ -381,3 +381,22 @@ def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch) -> N
                 point = (point + step).detach()
         torch.testing.assert_close(ours[i], expected, atol=1e-12, rtol=1e-9)
     assert float(ours.abs().max()) > 0
+
+
+def test_boundary_ig_is_ig_from_a_point_across_the_boundary(relu_net, batch) -> None:
+    from impactx.attribution import create_explainer
+
+    x, t = batch
+    with torch.no_grad():
+        t = relu_net(x).argmax(dim=1)
+    big = create_explainer("boundary_ig", radius=1.0, steps=30, n_steps=16)
+    points = big.boundary_points(relu_net, x, t)
+    with torch.no_grad():
+        crossed = relu_net(points).argmax(dim=1) != t
+    assert bool(crossed.all()) and float((points - x).abs().max()) <= 1.0 + 1e-12
+    maps = big(relu_net, x, t)
+    ig = attribute("ig", relu_net, x, t, n_steps=16, baseline=points)
+    torch.testing.assert_close(maps, ig, atol=1e-12, rtol=1e-9)
+    with torch.no_grad():
+        gap = relu_net(x).gather(1, t[:, None])[:, 0] - relu_net(points).gather(1, t[:, None])[:, 0]
+    assert float((maps.flatten(1).sum(dim=1) - gap).abs().max()) < 0.1 * float(gap.abs().max())
