@@ -47,10 +47,11 @@ def _grad_cam(name: str, model: torch.nn.Module, layer: torch.nn.Module):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = {"gradcam_pp": pytorch_grad_cam.GradCAMPlusPlus, "scorecam": pytorch_grad_cam.ScoreCAM,
-           "gradcam": pytorch_grad_cam.GradCAM}[name]
+           "gradcam": pytorch_grad_cam.GradCAM, "fullgrad": pytorch_grad_cam.FullGrad}[name]
+    layers = [] if name == "fullgrad" else [layer]  # FullGrad reads every bias layer itself
 
     def run(x, t):
-        with cls(model=model, target_layers=[layer]) as cam:
+        with cls(model=model, target_layers=layers) as cam:
             cam.batch_size = 256
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
 
@@ -101,7 +102,7 @@ def main() -> None:
         layer = dict(model.named_modules())[layer_name]
         plan = [(n, "Captum", _captum) for n in ("saliency", "input_x_gradient", "guided_backprop", "deeplift",
                                                  "smoothgrad", "gradcam", "guided_gradcam")]
-        plan += [(n, "pytorch-grad-cam", _grad_cam) for n in ("gradcam_pp", "scorecam")]
+        plan += [(n, "pytorch-grad-cam", _grad_cam) for n in ("gradcam_pp", "scorecam", "fullgrad")]
         plan += [("advise", "per-image loop", None)]
         for name, reference_name, reference_of in plan:
             if args.methods and name not in args.methods:
