@@ -53,7 +53,13 @@ from impactx.attribution.base import Explainer
 from impactx.attribution.cam import capture_output, resolve_layer, spread_over_channels
 from impactx.attribution.registry import register
 from impactx.core import check_int
-from impactx.metrics.functional.advise import advise_scores, class_sensitivity, xai_value
+from impactx.metrics.functional.advise import (
+    advise_scores,
+    class_sensitivity,
+    normalisation,
+    rescale_maps,
+    xai_value,
+)
 
 __all__ = ["Advise", "AdviseDetails", "advise_scores", "class_sensitivity", "rescale_maps", "xai_value"]
 
@@ -73,15 +79,6 @@ class AdviseDetails:
     valid: torch.Tensor
     scores: dict[str, torch.Tensor]
     chosen: torch.Tensor
-
-
-def rescale_maps(maps: torch.Tensor) -> torch.Tensor:
-    """MATLAB ``rescale`` of each map ``[N,1,h,w]`` to ``[0,1]`` (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(dim=1).view(-1, 1, 1, 1), flat.amax(dim=1).view(-1, 1, 1, 1)
-    span = hi - lo
-    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(maps))
 
 
 @register("advise")
@@ -115,15 +112,6 @@ class Advise(Explainer):
         self.last_details: AdviseDetails | None = None
 
     # ------------------------------------------------------------------------------------ pieces
-    def _normalisation(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        channels = inputs.shape[1]
-        mean = torch.zeros(channels) if self.mean is None else torch.tensor(self.mean)
-        std = torch.ones(channels) if self.std is None else torch.tensor(self.std)
-        if mean.numel() != channels:
-            raise ValueError(f"mean and std have {mean.numel()} values, the inputs {channels} channels")
-        shape = (1, channels, 1, 1)
-        return mean.view(shape).to(inputs), std.view(shape).to(inputs)
-
     def channel_peaks(self, activations: torch.Tensor) -> torch.Tensor:
         """Peaks ``[B,K]`` of each channel's activation density (step 1)."""
         batch, channels, h, w = activations.shape
@@ -150,7 +138,7 @@ class Advise(Explainer):
         valid = (member.sum(dim=2) > 0) & (raw[:, :, 0].flatten(2).sum(dim=2) > 0)  # [B,P]
         maps = F.interpolate(rescale_maps(raw.reshape(-1, 1, *raw.shape[-2:])), size=size, mode="bicubic",
                              align_corners=False).clamp(0, 1).view(batch, n_groups, 2, *size)
-        mean, std = self._normalisation(inputs)
+        mean, std = normalisation(self.mean, self.std, inputs)
         pixels = (inputs * std + mean).clamp(0, 1)
         # Only the candidates that exist are scored (an image rarely has every peak count of the batch).
         image_of, group_of = valid.nonzero(as_tuple=True)

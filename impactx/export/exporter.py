@@ -34,6 +34,7 @@ from torch import nn
 
 import impactx
 from impactx.attribution.ig import quadrature
+from impactx.export import standalone
 from impactx.export.standalone import (
     ARTIFACT_FORMAT,
     ARTIFACT_NAMES,
@@ -43,7 +44,7 @@ from impactx.export.standalone import (
     sha256_file,
 )
 from impactx.export.wrappers import GradientExplainerExport, ProbabilitiesExport, SelfExplainingExport
-from impactx.modules.metadata import METADATA_KEY
+from impactx.modules.metadata import METADATA_KEY, plain_data
 
 __all__ = ["ExportError", "LOADER_NAME", "build_export_network", "export_checkpoint", "read_checkpoint",
            "rebuild_module"]
@@ -167,14 +168,6 @@ def build_export_network(module: nn.Module, metadata: dict[str, Any], format: st
 
 
 # ------------------------------------------------------------------------------------- metadata
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value if value is None or isinstance(value, bool | int | float | str) else repr(value)
-
-
 def map_description(metadata: dict[str, Any], format: str) -> dict[str, Any]:
     """``metadata["map"]`` of the artifact: whether it carries a map, where it is, what it means, its range."""
     explainer, data = metadata["explainer"], metadata["data"]
@@ -219,9 +212,9 @@ def artifact_metadata(checkpoint: dict[str, Any], ckpt_path: Path, format: str,
         "kind": kind,
         "module": metadata["module"],
         "backbone": hparams.get("backbone"),
-        "hyperparameters": _plain(hparams),
+        "hyperparameters": plain_data(hparams),
         "dataset": data["name"],
-        "data": _plain({k: data[k] for k in ("class_path", "init_args")}),
+        "data": plain_data({k: data[k] for k in ("class_path", "init_args")}),
         "classes": list(data["class_names"]),
         "input": {
             "shape": ["batch", channels, size, size], "channels": channels, "height": size, "width": size,
@@ -233,7 +226,7 @@ def artifact_metadata(checkpoint: dict[str, Any], ckpt_path: Path, format: str,
         "map": map_description(metadata, format),
         "test_accuracy": test_accuracy,
         "test_accuracy_source": accuracy_note,
-        "test_metrics": _plain(metadata.get("test_metrics") or {}),
+        "test_metrics": plain_data(metadata.get("test_metrics") or {}),
         "checkpoint": {"file": ckpt_path.name, "sha256": sha256_file(ckpt_path)},
         "impactx_version": impactx.__version__,
         "trained_with_impactx": metadata.get("impactx_version"),
@@ -339,7 +332,5 @@ def export_checkpoint(ckpt_path: str | Path, format: str, output: str | Path, me
     finally:
         for leftover in (tmp_artifact, tmp_description):
             leftover.unlink(missing_ok=True)
-    from impactx.export import standalone
-
     shutil.copyfile(standalone.__file__, folder / LOADER_NAME)
     return description

@@ -143,8 +143,6 @@ def _load_exported_program(path: Path, device: str) -> tuple[Any, str]:
     try:
         with _weights_only_loads():
             program = torch.export.load(str(path), extra_files=extra)
-    except ArtifactError:
-        raise
     except Exception as error:
         raise ArtifactError(f"{path} could not be loaded as an ExportedProgram: {type(error).__name__}: "
                             f"{str(error).splitlines()[0] if str(error) else ''}") from error

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from impactx.metrics.base import ScalarMetric
-from impactx.metrics.functional.advise import advise_scores, class_sensitivity
+from impactx.metrics.functional.advise import advise_scores, class_sensitivity, normalisation, rescale_maps
 
 __all__ = ["ClassSensitivity", "XAIValue"]
 
@@ -27,11 +27,7 @@ def _runner_up(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) ->
 
 def _pixel_maps(maps: torch.Tensor) -> torch.Tensor:
     """Maps ``[B,C,H,W]`` summed over channels and min-max scaled to ``[0, 1]`` per image (ADVISE's ``rescale``)."""
-    maps = maps.detach().sum(dim=1, keepdim=True) if maps.dim() == 4 else maps.detach().unsqueeze(1)
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(dim=1).view(-1, 1, 1, 1), flat.amax(dim=1).view(-1, 1, 1, 1)
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    return torch.where(hi > lo, (maps - lo) / span, torch.zeros_like(maps))
+    return rescale_maps(maps.detach().sum(dim=1, keepdim=True) if maps.dim() == 4 else maps.detach().unsqueeze(1))
 
 
 class _ExplainerMetric(ScalarMetric):
@@ -82,9 +78,7 @@ class XAIValue(_ExplainerMetric):
         probabilities, others = _runner_up(model, images, targets)
         first = _pixel_maps(self.explainer(model, images, targets) if maps is None else maps)
         second = _pixel_maps(self.explainer(model, images, others))
-        channels = images.shape[1]
-        mean = torch.tensor(self.mean or [0.0] * channels).view(1, -1, 1, 1).to(images)
-        std = torch.tensor(self.std or [1.0] * channels).view(1, -1, 1, 1).to(images)
+        mean, std = normalisation(self.mean, self.std, images)
         pixels = (images * std + mean).clamp(0, 1)
         scores = advise_scores(model, pixels, first, second, targets, probabilities, lambda p: (p - mean) / std)
         values = scores["xai_value"]

@@ -27,7 +27,7 @@ import torch
 
 __all__ = [
     "EG_REFERENCES", "EG_SAMPLES", "IG_STEPS", "MAP_SOURCES", "METADATA_FORMAT", "METADATA_KEY",
-    "checkpoint_metadata", "data_description", "explainer_config", "record_test_metrics",
+    "checkpoint_metadata", "data_description", "explainer_config", "plain_data", "record_test_metrics",
 ]
 
 METADATA_KEY = "impactx"
@@ -41,12 +41,12 @@ EG_SAMPLES = 32
 REFERENCE_SEED = 0
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
     """``value`` as JSON-able data (tuples to lists, numpy scalars to numbers); unknown objects as their repr."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
@@ -73,7 +73,7 @@ def data_description(datamodule: Any) -> dict[str, Any] | None:
         "std": [float(s) for s in datamodule.std],
         "class_names": [str(c) for c in getattr(datamodule, "class_names", None) or range(datamodule.num_classes)],
         "map_normalisation": getattr(datamodule, "map_normalisation", None),
-        "init_args": _plain({k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}),
+        "init_args": plain_data({k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}),
     }
 
 
@@ -85,7 +85,7 @@ def explainer_config(module: Any) -> dict[str, Any]:
     hp = module.hparams
     if source == "decoder":
         return {"source": source, "target_method": hp.get("target_method"),
-                "target_options": _plain(hp.get("target_options")), "training": hp.get("training")}
+                "target_options": plain_data(hp.get("target_options")), "training": hp.get("training")}
     if source == "attention":
         return {"source": source, "attention_stage": hp.get("attention_stage")}
     if source == "ig":

@@ -4,12 +4,14 @@ and by the :class:`~impactx.metrics.ClassSensitivity` and :class:`~impactx.metri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["SENSITIVITY_LIMIT", "advise_scores", "class_sensitivity", "xai_value"]
+from impactx.metrics.functional.randomisation import pearson_correlation
+
+__all__ = ["SENSITIVITY_LIMIT", "advise_scores", "class_sensitivity", "normalisation", "rescale_maps", "xai_value"]
 
 #: ``|R|`` up to this: the maps of the two classes are told apart (``iCalculateCAMmetrics.m``).
 SENSITIVITY_LIMIT = 0.55
@@ -17,10 +19,29 @@ SENSITIVITY_LIMIT = 0.55
 
 def class_sensitivity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Pearson correlation ``[N]`` of maps ``first``, ``second [N, ...]`` (0 where undefined, as the code)."""
-    a = first.flatten(1) - first.flatten(1).mean(dim=1, keepdim=True)
-    b = second.flatten(1) - second.flatten(1).mean(dim=1, keepdim=True)
-    r = (a * b).sum(dim=1) / torch.sqrt((a * a).sum(dim=1) * (b * b).sum(dim=1))
-    return torch.nan_to_num(r, nan=0.0)
+    return torch.nan_to_num(pearson_correlation(first, second), nan=0.0)
+
+
+def rescale_maps(maps: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``rescale`` of each map ``[N,1,h,w]`` to ``[0,1]`` (a constant map becomes 0)."""
+    flat = maps.flatten(1)
+    lo, hi = flat.amin(dim=1).view(-1, 1, 1, 1), flat.amax(dim=1).view(-1, 1, 1, 1)
+    span = hi - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(maps))
+
+
+def normalisation(mean: Sequence[float] | None, std: Sequence[float] | None,
+                  inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` as ``[1,C,1,1]`` tensors of the inputs' device and dtype (``None``: 0 and 1, the inputs are
+    pixels already), to turn model inputs into pixels (``x * std + mean``) and back."""
+    channels = inputs.shape[1]
+    mean_t = torch.zeros(channels) if mean is None else torch.tensor(list(mean), dtype=torch.float64)
+    std_t = torch.ones(channels) if std is None else torch.tensor(list(std), dtype=torch.float64)
+    if mean_t.numel() != channels or std_t.numel() != channels:
+        raise ValueError(f"mean and std have {mean_t.numel()} and {std_t.numel()} values, the inputs {channels} channels")
+    shape = (1, channels, 1, 1)
+    return mean_t.view(shape).to(inputs), std_t.view(shape).to(inputs)
 
 
 def xai_value(ssim: torch.Tensor, fsim: torch.Tensor, mse: torch.Tensor, average_drop: torch.Tensor) -> torch.Tensor:
