@@ -199,6 +199,17 @@ def keyed_normal(keys: torch.Tensor, n: int, streams: tuple[int, int]) -> torch.
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
+def image_normal(inputs: torch.Tensor, n_samples: int, seed: int, stream: int = 0) -> torch.Tensor:
+    """Standard normal noise ``[B, n_samples, *inputs.shape[1:]]``, each image's from a CPU generator seeded with
+    its key (:func:`image_keys` of ``seed``) and ``stream``: a function of the image, ``seed`` and ``stream`` only,
+    not of the batch or device. Faster than :func:`keyed_normal` for many values per image."""
+    keys = image_keys(inputs, seed).tolist()
+    size = (n_samples, *inputs.shape[1:])
+    noise = [torch.randn(size, generator=torch.Generator().manual_seed((int(key) << 8) + stream),
+                         dtype=torch.float64) for key in keys]
+    return torch.stack(noise).to(device=inputs.device, dtype=inputs.dtype)
+
+
 def gaussian_blur(
     images: torch.Tensor, sigma: float, padding: Literal["replicate", "reflect"] = "replicate"
 ) -> torch.Tensor:

@@ -27,12 +27,12 @@ from impactx.core import (
     check_internal_batch_size,
     check_output,
     image_keys,
-    keyed_normal,
+    image_normal,
     keyed_uniform,
 )
 
-#: keyed_uniform streams of GradientShap's input noise (the reference and alpha draws use others).
-NOISE_STREAMS = (57, 58)
+#: The stream of GradientShap's input noise (SmoothGrad's is 0).
+NOISE_STREAM = 1
 
 
 def draw_references(
@@ -146,6 +146,4 @@ class ExpectedGradients(Explainer):
 
     def input_noise(self, inputs: torch.Tensor, seed: int) -> torch.Tensor:
         """The noise ``[B,S,C,H,W]`` (``stdevs`` times a standard normal keyed on each image) of GradientShap."""
-        size = self.n_samples * inputs[0].numel()
-        noise = keyed_normal(image_keys(inputs, seed), size, NOISE_STREAMS)
-        return (self.stdevs * noise).to(inputs.dtype).view(inputs.shape[0], self.n_samples, *inputs.shape[1:])
+        return self.stdevs * image_normal(inputs, self.n_samples, seed, stream=NOISE_STREAM)

@@ -19,6 +19,7 @@ All are one batched backward pass (the noise wrappers: one over all ``n_samples`
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -31,11 +32,11 @@ from impactx.core import (
     check_int,
     check_internal_batch_size,
     check_output,
-    image_keys,
+    image_normal,
     score_gradients,
 )
 
-__all__ = ["Gradient", "GuidedBackprop", "InputXGradient", "NoiseTunnel", "Saliency", "keyed_normal"]
+__all__ = ["Gradient", "GuidedBackprop", "InputXGradient", "NoiseTunnel", "Saliency", "inner_explainer"]
 
 
 class _GradientMethod(Explainer):
@@ -145,14 +146,23 @@ class GuidedBackprop(Explainer):
 
 
 # ------------------------------------------------------------------------------------------ noise
-def keyed_normal(inputs: torch.Tensor, n_samples: int, seed: int) -> torch.Tensor:
-    """Standard normal noise ``[B, n_samples, C, H, W]``, each image's from a generator seeded with its key
-    (:func:`impactx.core.image_keys`), so it depends on the image and ``seed`` only, not on the batch."""
-    keys = image_keys(inputs, seed).tolist()
-    size = (n_samples, *inputs.shape[1:])
-    noise = [torch.randn(size, generator=torch.Generator().manual_seed(int(key)), dtype=torch.float64)
-             for key in keys]
-    return torch.stack(noise).to(device=inputs.device, dtype=inputs.dtype)
+def inner_explainer(wrapper: str, method: str, options: dict[str, Any] | None, create_graph: bool = False,
+                    input_noise_inside: bool = False) -> Explainer:
+    """The method a wrapper (``wrapper``: its name, for errors) runs on copies of the input or the model: built from
+    ``options``, refused when it takes a background, reduces channels (the wrapper does that after averaging) or,
+    unless ``input_noise_inside``, is itself an input-noise wrapper; with ``create_graph``, built with
+    ``create_graph=True`` (refused when it has none)."""
+    options = dict(options or {})
+    if options.get("reduce_channels"):
+        raise ValueError(f"give reduce_channels to {wrapper}, not to its method (it sums after averaging)")
+    cls = explainer_class(method)
+    if cls.takes_background or (issubclass(cls, NoiseTunnel) and not input_noise_inside):
+        raise ValueError(f"{method!r} cannot go inside {wrapper} (it takes a background or is a noise wrapper)")
+    if create_graph:
+        if "create_graph" not in inspect.signature(cls.__init__).parameters:
+            raise ValueError(f"{method!r} is not differentiable (it has no create_graph option)")
+        options["create_graph"] = True
+    return create_explainer(method, **options)
 
 
 NoiseKind = Literal["smoothgrad", "smoothgrad_sq", "vargrad"]
@@ -174,6 +184,8 @@ class NoiseTunnel(Explainer):
             the SmoothGrad paper uses 10-20% of the input range).
         kind: ``"smoothgrad"`` | ``"smoothgrad_sq"`` | ``"vargrad"``.
         seed: seeds the keyed noise.
+        create_graph: build ``method`` with ``create_graph=True``, so the averaged map backpropagates to the
+            model's parameters (for an attribution prior).
         internal_batch_size: at most this many noisy images per call of ``method``.
         reduce_channels: sum over channels (``[B,1,H,W]``), after the aggregation.
     """
@@ -182,22 +194,18 @@ class NoiseTunnel(Explainer):
 
     def __init__(self, method: str = "saliency", method_options: dict[str, Any] | None = None, n_samples: int = 16,
                  stdev: float = 0.15, kind: NoiseKind | None = None, seed: int | None = None,
-                 internal_batch_size: int | None = None, reduce_channels: bool = False) -> None:
+                 create_graph: bool = False, internal_batch_size: int | None = None,
+                 reduce_channels: bool = False) -> None:
         super().__init__(reduce_channels=reduce_channels)
         kind = kind or self.default_kind
         if kind not in NOISE_KINDS:
             raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
         if not isinstance(stdev, int | float) or isinstance(stdev, bool) or not stdev >= 0:
             raise ValueError(f"stdev must be a number >= 0, got {stdev!r}")
-        options = dict(method_options or {})
-        if options.get("reduce_channels"):
-            raise ValueError("give reduce_channels to the noise wrapper, not to its method (it sums after averaging)")
-        inner_cls = explainer_class(method)
-        if inner_cls.takes_background or issubclass(inner_cls, NoiseTunnel):
-            raise ValueError(f"{method!r} cannot go inside a noise wrapper (it takes a background or is one)")
         self.method = method
-        self.method_options = options
-        self.inner = create_explainer(method, **options)
+        self.method_options = dict(method_options or {})
+        self.create_graph = bool(create_graph)
+        self.inner = inner_explainer("the noise wrapper", method, self.method_options, self.create_graph)
         self.n_samples = check_int("n_samples", n_samples)
         self.stdev = float(stdev)
         self.kind = kind
@@ -207,7 +215,7 @@ class NoiseTunnel(Explainer):
 
     def noise(self, inputs: torch.Tensor) -> torch.Tensor:
         """The noise ``[B, n_samples, C, H, W]`` (already scaled by ``stdev``) added to ``inputs``."""
-        return self.stdev * keyed_normal(inputs, self.n_samples, self.seed)
+        return self.stdev * image_normal(inputs, self.n_samples, self.seed)
 
     def _attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
                    background: torch.Tensor | None) -> torch.Tensor:

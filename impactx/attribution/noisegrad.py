@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
-from impactx.attribution.registry import create_explainer, explainer_class, register
+from impactx.attribution.gradients import inner_explainer
+from impactx.attribution.registry import register
 from impactx.core import check_int
 
 __all__ = ["FusionGrad", "NoiseGrad", "noisy_models"]
@@ -60,15 +61,9 @@ class NoiseGrad(Explainer):
     def __init__(self, method: str = "saliency", method_options: dict[str, Any] | None = None, n_models: int = 10,
                  std: float = 0.2, seed: int | None = None, reduce_channels: bool = False) -> None:
         super().__init__(reduce_channels=reduce_channels)
-        options = dict(method_options or {})
-        if options.get("reduce_channels"):
-            raise ValueError("give reduce_channels to NoiseGrad, not to its method (it sums after averaging)")
-        inner_cls = explainer_class(method)
-        if inner_cls.takes_background:
-            raise ValueError(f"{method!r} takes a background; NoiseGrad wraps methods that do not")
         self.method = method
-        self.method_options = options
-        self.inner = create_explainer(method, **options)
+        self.method_options = dict(method_options or {})
+        self.inner = inner_explainer(type(self).__name__, method, self.method_options, input_noise_inside=True)
         self.n_models = check_int("n_models", n_models)
         self.std = _check_std("std", std)
         self.seed = 0 if seed is None else int(seed)

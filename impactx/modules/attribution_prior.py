@@ -76,9 +76,6 @@ def differentiable_explainer(name: str, options: dict[str, Any] | None) -> Any:
     options = dict(options or {})
     if cls.takes_background:
         raise ValueError(f"attribution {name!r} takes a background; use attribution='eg' with references=...")
-    if name in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        inner = {**dict(options.get("method_options") or {}), "create_graph": True}
-        return cls(**{**options, "method_options": inner})
     if "create_graph" not in inspect.signature(cls.__init__).parameters:
         raise ValueError(f"attribution {name!r} is not differentiable (it has no create_graph option); choose "
                          "eg, ig, gradient, input_x_gradient, saliency, gradcam, gradcam_pp or smoothgrad")

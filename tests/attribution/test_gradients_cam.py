@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from impactx.attribution import attribute, create_explainer
-from impactx.attribution.gradients import keyed_normal
+from impactx.core import image_normal
 
 captum_attr = pytest.importorskip("captum.attr")
 pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
@@ -94,12 +94,12 @@ def test_closed_forms_on_a_linear_model() -> None:
     torch.testing.assert_close(vargrad, torch.zeros_like(vargrad), atol=1e-12, rtol=0)
 
 
-def test_keyed_noise_is_standard_normal_and_per_image() -> None:
+def test_image_noise_is_standard_normal_and_per_image() -> None:
     x = torch.randn(3, 1, 16, 16)
-    noise = keyed_normal(x, 64, seed=0)
+    noise = image_normal(x, 64, seed=0)
     assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
-    torch.testing.assert_close(keyed_normal(x[1:2], 64, seed=0), noise[1:2], atol=0, rtol=0)
-    assert not torch.allclose(keyed_normal(x, 64, seed=1), noise)
+    torch.testing.assert_close(image_normal(x[1:2], 64, seed=0), noise[1:2], atol=0, rtol=0)
+    assert not torch.allclose(image_normal(x, 64, seed=1), noise)
 
 
 def test_create_graph_methods_are_differentiable(make_tiny_cnn, tiny_images) -> None:
