@@ -130,8 +130,9 @@ MAP_TITLES = {"decoder": "IMPACTX map D(LEP(x))", "attention": "ABN attention ma
               "eg": "Expected Gradients"}
 
 
-def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_info: dict[str, Any], path: Path) -> None:
-    """The image, the map over it and the top classes, as a PNG at ``path`` (written to a temporary name first)."""
+def draw(explanation: Explanation, top: list[dict[str, Any]], map_info: dict[str, Any], path: Path) -> None:
+    """The image, the map over it and the ``top`` classes (:func:`top_classes`), as a PNG at ``path`` (written to a
+    temporary name first)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +157,6 @@ def draw(explanation: Explanation, classes: Sequence[str], top_k: int, map_info:
     for ax in axes[:-1]:
         ax.set_xticks([])
         ax.set_yticks([])
-    top = top_classes(explanation.probabilities, classes, top_k)
     bars = axes[-1]
     bars.barh(range(len(top))[::-1], [t["probability"] for t in top], color="tab:blue")
     bars.set_yticks(range(len(top))[::-1], [t["class"] for t in top])
@@ -204,10 +204,11 @@ def explain_files(model: ExportedModel, images: Sequence[str | Path], output: st
         probabilities, maps = model(normalise(image, spec["mean"], spec["std"]))
         explanation = Explanation(path, image, probabilities[0].detach().cpu().numpy(),
                                   None if maps is None else maps[0, 0].detach().cpu().numpy())
+        top = top_classes(explanation.probabilities, classes, top_k)
         result: dict[str, Any] = {
             "image": str(path),
-            "prediction": top_classes(explanation.probabilities, classes, 1)[0]["class"],
-            "top": top_classes(explanation.probabilities, classes, top_k),
+            "prediction": top[0]["class"],
+            "top": top,
             "map": None if explanation.map is None else {
                 "shape": list(explanation.map.shape), "min": float(explanation.map.min()),
                 "max": float(explanation.map.max()), "values": _rounded(explanation.map),
@@ -216,7 +217,7 @@ def explain_files(model: ExportedModel, images: Sequence[str | Path], output: st
         if draw_figures:
             output.mkdir(parents=True, exist_ok=True)
             figure = figure_path(output, path, taken)
-            draw(explanation, classes, top_k, map_info, figure)
+            draw(explanation, top, map_info, figure)
             result["figure"] = str(figure)
         results.append(result)
     return results, errors
