@@ -11,6 +11,7 @@ from torch import nn
 
 from impactx.metrics.base import ScalarMetric
 from impactx.metrics.functional.advise import advise_scores, class_sensitivity, normalisation, rescale_maps
+from impactx.metrics.functional.validation import check_explainer
 
 __all__ = ["ClassSensitivity", "XAIValue"]
 
@@ -32,8 +33,7 @@ def _pixel_maps(maps: torch.Tensor) -> torch.Tensor:
 
 class _ExplainerMetric(ScalarMetric):
     def __init__(self, explainer: ExplainerFn, **kwargs: Any) -> None:
-        if not callable(explainer):
-            raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+        check_explainer(explainer)
         super().__init__(**kwargs)
         self.explainer = explainer
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from impactx.metrics.base import ScalarMetric
 from impactx.metrics.functional.axiomatic import completeness_gap, input_invariance, non_sensitivity
-from impactx.metrics.functional.validation import check_output_name
+from impactx.metrics.functional.validation import check_explainer, check_output_name
 
 __all__ = ["Completeness", "InputInvariance", "NonSensitivity"]
 
@@ -55,8 +55,7 @@ class InputInvariance(ScalarMetric):
     higher_is_better = False
 
     def __init__(self, explainer: Any, shift: float = -1.0, **kwargs: Any) -> None:
-        if not callable(explainer):
-            raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+        check_explainer(explainer)
         super().__init__(**kwargs)
         self.explainer = explainer
         self.shift = float(shift)

@@ -17,7 +17,7 @@ from impactx.metrics.functional.randomisation import (
     similarity_function,
 )
 from impactx.metrics.functional.sensitivity import ExplainerFn
-from impactx.metrics.functional.validation import check_chunk
+from impactx.metrics.functional.validation import check_chunk, check_explainer
 
 
 class ModelParameterRandomisation(Metric):
@@ -67,10 +67,7 @@ class ModelParameterRandomisation(Metric):
             raise TypeError(
                 f"model must be a torch.nn.Module (used to list its layers), got {type(model).__name__}"
             )
-        if not callable(explainer):
-            raise TypeError(
-                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
-            )
+        check_explainer(explainer)
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         check_chunk(internal_batch_size)
@@ -120,8 +117,7 @@ class RandomLogit(ScalarMetric):
     higher_is_better = False
 
     def __init__(self, explainer, similarity: str = "ssim", seed: int = 0, **kwargs) -> None:
-        if not callable(explainer):
-            raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+        check_explainer(explainer)
         similarity_function(similarity)  # checks the name now
         super().__init__(**kwargs)
         self.explainer = explainer

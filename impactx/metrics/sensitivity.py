@@ -1,6 +1,9 @@
-"""Max-sensitivity of an explainer as a torchmetric."""
+"""Max- and average sensitivity and the local Lipschitz estimate of an explainer, as torchmetrics."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -12,10 +15,37 @@ from impactx.metrics.functional.sensitivity import (
     local_lipschitz_estimate,
     max_sensitivity,
 )
-from impactx.metrics.functional.validation import check_chunk, check_int, check_radius
+from impactx.metrics.functional.validation import check_chunk, check_explainer, check_int, check_radius
 
 
-class MaxSensitivity(ScalarMetric):
+class _ExplainerStability(ScalarMetric):
+    """Mean over images of ``score_fn(model, images, targets, explainer, maps, **options)``, leaving out the NaN
+    of an image one of whose noisy copies changed the prediction (``return_nan_when_prediction_changes``).
+    Checks what every such metric takes: the explainer, the noise size (named ``noise_name``), the draws and
+    the chunk."""
+
+    higher_is_better = False
+    score_fn: ClassVar[Callable[..., torch.Tensor]]
+    noise_name: ClassVar[str]
+
+    def __init__(self, explainer: ExplainerFn, options: dict[str, Any], **kwargs: Any) -> None:
+        check_explainer(explainer)
+        check_radius(self.noise_name, options[self.noise_name])
+        check_int("n_samples", options["n_samples"])
+        check_chunk(options["internal_batch_size"])
+        super().__init__(**kwargs)
+        self.explainer = explainer
+        self.options = options
+
+    def update(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> None:
+        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explainer(model, images, targets)`` if known."""
+        values = type(self).score_fn(model, images, targets, self.explainer, maps, **self.options)
+        self._accumulate(values[~torch.isnan(values)])  # NaN: a noisy copy changed the prediction
+
+
+class MaxSensitivity(_ExplainerStability):
     r"""Mean max-sensitivity (Yeh et al., 2019; Quantus ``MaxSensitivity``) of ``explainer``:
 
     .. math:: \mathrm{SENS}_{\max}(x) = \max_{\|\delta\|_\infty \le r}
@@ -37,8 +67,8 @@ class MaxSensitivity(ScalarMetric):
         0.0
     """
 
-    higher_is_better = False
     score_fn = staticmethod(max_sensitivity)
+    noise_name = "radius"
 
     def __init__(
         self,
@@ -51,30 +81,11 @@ class MaxSensitivity(ScalarMetric):
         return_nan_when_prediction_changes: bool = False,
         **kwargs,
     ) -> None:
-        if not callable(explainer):
-            raise TypeError(
-                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
-            )
-        check_radius("radius", radius)
-        check_int("n_samples", n_samples)
-        check_chunk(internal_batch_size)
-        super().__init__(**kwargs)
-        self.explainer = explainer
-        self.options = dict(
-            radius=radius,
-            n_samples=n_samples,
-            seed=seed,
-            normalise=normalise,
+        super().__init__(explainer, dict(
+            radius=radius, n_samples=n_samples, seed=seed, normalise=normalise,
             internal_batch_size=internal_batch_size,
             return_nan_when_prediction_changes=return_nan_when_prediction_changes,
-        )
-
-    def update(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
-    ) -> None:
-        """``images [B,C,H,W]``, ``targets [B]``; ``maps`` = ``explainer(model, images, targets)`` if known."""
-        values = type(self).score_fn(model, images, targets, self.explainer, maps, **self.options)
-        self._accumulate(values[~torch.isnan(values)])  # NaN: a noisy copy changed the prediction
+        ), **kwargs)
 
 
 class AvgSensitivity(MaxSensitivity):
@@ -84,29 +95,18 @@ class AvgSensitivity(MaxSensitivity):
     score_fn = staticmethod(avg_sensitivity)
 
 
-class LocalLipschitzEstimate(ScalarMetric):
+class LocalLipschitzEstimate(_ExplainerStability):
     r"""Mean local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018; Quantus ``LocalLipschitzEstimate``):
-    ``max_j ||phi(x + d_j) - phi(x)||_2 / ||d_j||_2`` over ``n_samples`` Gaussian draws of ``std``. Lower is better."""
+    ``max_j ||phi(x + d_j) - phi(x)||_2 / ||d_j||_2`` over ``n_samples`` Gaussian draws of ``std``. Lower is better.
+    ``return_nan_when_prediction_changes`` as :class:`MaxSensitivity`."""
 
-    higher_is_better = False
+    score_fn = staticmethod(local_lipschitz_estimate)
+    noise_name = "std"
 
     def __init__(self, explainer: ExplainerFn, std: float = 0.1, n_samples: int = 200, seed: int = 0,
                  internal_batch_size: int | None = 128, return_nan_when_prediction_changes: bool = False,
                  **kwargs) -> None:
-        if not callable(explainer):
-            raise TypeError(
-                f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
-            )
-        check_radius("std", std)
-        check_int("n_samples", n_samples)
-        check_chunk(internal_batch_size)
-        super().__init__(**kwargs)
-        self.explainer = explainer
-        self.options = dict(std=std, n_samples=n_samples, seed=seed, internal_batch_size=internal_batch_size,
-                            return_nan_when_prediction_changes=return_nan_when_prediction_changes)
-
-    def update(
-        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None
-    ) -> None:
-        values = local_lipschitz_estimate(model, images, targets, self.explainer, maps, **self.options)
-        self._accumulate(values[~torch.isnan(values)])
+        super().__init__(explainer, dict(
+            std=std, n_samples=n_samples, seed=seed, internal_batch_size=internal_batch_size,
+            return_nan_when_prediction_changes=return_nan_when_prediction_changes,
+        ), **kwargs)

@@ -376,3 +376,24 @@ def test_layer_orders_randomise_the_layers_they_name():
     assert all(torch.equal(weights["top_down"][n], weights["independent"][n]) for n in names)
     with pytest.raises(ValueError, match="layer_order"):
         next(cascading_randomisation(model, 0, "sideways"))
+
+
+@pytest.mark.parametrize("name", ["max", "avg", "lipschitz"])
+def test_sensitivity_metrics_check_their_arguments_at_construction(name):
+    """The three share one set of checks; each names its own noise size (``radius`` or ``std``)."""
+    from impactx.metrics import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+    from impactx.metrics.functional import local_lipschitz_estimate
+
+    cls, noise = {"max": (MaxSensitivity, "radius"), "avg": (AvgSensitivity, "radius"),
+                  "lipschitz": (LocalLipschitzEstimate, "std")}[name]
+    with pytest.raises(TypeError, match="explainer must be a callable"):
+        cls("ig")
+    with pytest.raises(ValueError, match=f"{noise} must be a finite number > 0, got 0"):
+        cls(saliency, **{noise: 0})
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        cls(saliency, n_samples=0)
+    with pytest.raises(ValueError, match="internal_batch_size"):
+        cls(saliency, internal_batch_size=-1)
+    images, targets, _ = batch(2, 1, 8)
+    with pytest.raises(ValueError, match="std must be a finite number > 0, got -1"):
+        local_lipschitz_estimate(tiny_cnn(1, 8), images, targets, saliency, std=-1)

@@ -12,7 +12,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from impactx.core import eval_mode, image_keys, keyed_uniform
 from impactx.metrics.functional.sensitivity import ExplainerFn, _maps_of
-from impactx.metrics.functional.validation import check_batch, check_chunk, check_maps
+from impactx.metrics.functional.validation import check_batch, check_chunk, check_explainer, check_maps
 
 Similarity = Literal["spearman", "pearson", "ssim"]
 SIMILARITIES: tuple[str, ...] = ("spearman", "pearson", "ssim")
@@ -146,10 +146,7 @@ def model_randomisation(
         similarity: ``"spearman"`` (rank correlation), ``"pearson"`` or ``"ssim"``.
         layer_order: ``"top_down"`` | ``"bottom_up"`` | ``"independent"`` (:func:`cascading_randomisation`).
     """
-    if not callable(explainer):
-        raise TypeError(
-            f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
-        )
+    check_explainer(explainer)
     compare = similarity_function(similarity)
     targets_t = check_batch(model, images, targets)
     chunk = check_chunk(internal_batch_size)

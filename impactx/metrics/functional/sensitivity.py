@@ -12,6 +12,7 @@ from impactx.core import eval_mode, image_keys, keyed_normal, keyed_uniform
 from impactx.metrics.functional.validation import (
     check_batch,
     check_chunk,
+    check_explainer,
     check_int,
     check_maps,
     check_radius,
@@ -146,12 +147,9 @@ def _sensitivity(
     maps: torch.Tensor | None, radius: float, n_samples: int, seed: int, normalise: bool,
     internal_batch_size: int | None, return_nan_when_prediction_changes: bool,
 ) -> torch.Tensor:
-    if not callable(explainer):
-        raise TypeError(
-            f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}"
-        )
+    check_explainer(explainer)
     targets_t = check_batch(model, images, targets)
-    radius = check_radius("radius", radius)
+    radius = check_radius("std" if reduction == "lipschitz" else "radius", radius)
     n = check_int("n_samples", n_samples)
     chunk = check_chunk(internal_batch_size)
     b = images.shape[0]

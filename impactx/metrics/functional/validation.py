@@ -24,6 +24,12 @@ def check_batch(
     return check_inputs(images, targets, num_classes if isinstance(num_classes, int) else None)
 
 
+def check_explainer(explainer: object) -> None:
+    """An explainer for the metrics that re-explain inputs: a callable ``explainer(model, x, y) -> maps``."""
+    if not callable(explainer):
+        raise TypeError(f"explainer must be a callable explainer(model, x, y) -> map, got {type(explainer).__name__}")
+
+
 def check_maps(images: torch.Tensor, maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
     """``maps`` must be ``[B,C,H,W]`` (one value per image entry) or ``[B,1,H,W]`` (one per pixel) for
     ``images [B,C,H,W]``; returned on the images' device as a floating tensor."""
