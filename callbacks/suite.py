@@ -149,11 +149,12 @@ def _x_values(info: MetricInfo, metric: Metric, n: int) -> torch.Tensor:
 
 def to_result(info: MetricInfo, metric: Metric, computed: torch.Tensor | dict[str, torch.Tensor]) -> MetricResult:
     """A metric's ``compute()`` output as a :class:`MetricResult`; curve-only metrics get a ``"mean"`` scalar
-    (over the defined points)."""
+    (over the defined points). Other curves (a perturbation curve's ``random_curve`` under ``random_baseline``)
+    are left out; their summaries (``random_aopc``) are scalars like the others."""
     if isinstance(computed, torch.Tensor):
         return MetricResult({"": computed.detach()}, info=info)
     curve = computed["curve"].detach()
-    scalars = {k: v.detach() for k, v in computed.items() if k != "curve"} or {"mean": curve.nanmean()}
+    scalars = {k: v.detach() for k, v in computed.items() if k != "curve" and v.dim() == 0} or {"mean": curve.nanmean()}
     return MetricResult(scalars, curve, _x_values(info, metric, curve.shape[0]), info)
 
 

@@ -17,6 +17,12 @@ from impactx.metrics.functional.perturbation import Perturbation
 from impactx.metrics.functional.validation import check_chunk, check_int, check_output_name
 
 
+def _finite_rows(curves: torch.Tensor) -> torch.Tensor:
+    """``curves [B, n]`` detached, without the rows that hold a NaN (undefined for that image)."""
+    curves = curves.detach()
+    return curves[~torch.isnan(curves).any(dim=1)]
+
+
 class CurveMetric(Metric):
     """Accumulates per-image curves ``[B, n_points]`` as ``curve_sum [n_points]`` and ``count []``."""
 
@@ -36,8 +42,7 @@ class CurveMetric(Metric):
         """Add per-image curves ``[B, n_points]``; rows holding a NaN (undefined for that image) are skipped."""
         if curves.dim() != 2 or curves.shape[1] != self.n_points:
             raise RuntimeError(f"expected curves [B, {self.n_points}], got {list(curves.shape)}")
-        curves = curves.detach()
-        curves = curves[~torch.isnan(curves).any(dim=1)]
+        curves = _finite_rows(curves)
         self.curve_sum += curves.sum(dim=0).to(self.curve_sum)
         self.count += curves.shape[0]
 
@@ -53,7 +58,8 @@ class PerturbationCurveMetric(CurveMetric):
     :class:`~impactx.metrics.functional.perturbation.Perturbation`; the score; the chunking). A subclass names its curve function (``curve_fn(model, images, targets, maps, **options)
     -> [B, n_steps + 1]``), its summary (``summary_name``, ``summary_fn(curve [n + 1]) -> []``), and
     passes the options that pick its curve (``curve_options``, checked by the subclass) to this
-    constructor. :attr:`options` holds all of them, ready for ``curve_fn``.
+    constructor. :attr:`options` holds all of them, ready for ``curve_fn``. ``random_baseline=True`` also
+    accumulates the curve of a random ordering of the same units (``curve_fn(..., random_order=True)``).
     """
 
     curve_fn: ClassVar[Callable[..., torch.Tensor]]
@@ -67,9 +73,12 @@ class PerturbationCurveMetric(CurveMetric):
         perturbation: Perturbation,
         output: str,
         internal_batch_size: int | None,
+        random_baseline: bool = False,
         **kwargs,
     ) -> None:
         check_int("n_steps", n_steps)
+        if not isinstance(random_baseline, bool):
+            raise TypeError(f"random_baseline must be a bool, got {random_baseline!r}")
         if not isinstance(perturbation, Perturbation):
             raise TypeError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
         check_output_name(output)
@@ -82,17 +91,32 @@ class PerturbationCurveMetric(CurveMetric):
             output=output,
             internal_batch_size=internal_batch_size,
         )
+        self.random_baseline = random_baseline
+        if random_baseline:
+            self.add_state("random_curve_sum", default=torch.zeros(n_steps + 1), dist_reduce_fx="sum")
+            self.add_state("random_count", default=torch.zeros(()), dist_reduce_fx="sum")
 
     def update(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor
     ) -> None:
         """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
         self._accumulate(self.curve_fn(model, images, targets, maps, **self.options))
+        if self.random_baseline:
+            random = _finite_rows(self.curve_fn(model, images, targets, maps, **self.options, random_order=True))
+            self.random_curve_sum += random.sum(dim=0).to(self.random_curve_sum)
+            self.random_count += random.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``{"curve": mean score per curve point [n_steps + 1], summary_name: its summary []}``."""
+        """``{"curve": mean score per curve point [n_steps + 1], summary_name: its summary []}``; with
+        ``random_baseline``, also ``"random_curve"`` and ``"random_" + summary_name``: the same images with their
+        units perturbed in a random order (keyed on each image and the perturbation's seed), the chance level
+        the summary is read against."""
         curve = self.mean_curve()
-        return {"curve": curve, self.summary_name: self.summary_fn(curve)}
+        out = {"curve": curve, self.summary_name: self.summary_fn(curve)}
+        if self.random_baseline:
+            random = self.random_curve_sum / self.random_count
+            out.update({"random_curve": random, f"random_{self.summary_name}": self.summary_fn(random)})
+        return out
 
 
 class ScalarMetric(Metric):

@@ -25,14 +25,18 @@ class _PixelCurve(PerturbationCurveMetric):
         perturbation: PerturbationLike = None,
         output: str = "prob",
         internal_batch_size: int | None = 128,
+        abs: bool = False,  # noqa: A002
+        normalise: bool = False,
+        random_baseline: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(
-            curve_options={},
+            curve_options=dict(abs=abs, normalise=normalise),
             n_steps=n_steps,
             perturbation=as_perturbation(perturbation, DEFAULT_PERTURBATION),
             output=output,
             internal_batch_size=internal_batch_size,
+            random_baseline=random_baseline,
             **kwargs,
         )
 

@@ -35,6 +35,7 @@ class KeepRemoveMetric(PerturbationCurveMetric):
         perturbation: PerturbationLike = None,
         output: str = "logit",
         internal_batch_size: int | None = 128,
+        random_baseline: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -43,6 +44,7 @@ class KeepRemoveMetric(PerturbationCurveMetric):
             perturbation=as_perturbation(perturbation, DEFAULT_PERTURBATION),
             output=output,
             internal_batch_size=internal_batch_size,
+            random_baseline=random_baseline,
             **kwargs,
         )
 

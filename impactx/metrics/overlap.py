@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from impactx.metrics.base import CurveMetric
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.overlap import overlap_auc, overlap_curve
 from impactx.metrics.functional.validation import check_int
 
@@ -16,7 +17,8 @@ class OverlapAUC(CurveMetric):
               \mathrm{AUC} \approx \frac{1}{N}\sum_{i=1}^{N}\mathrm{Overlap}(i/N)
 
     with ``T_p`` the top ``p|S|`` pixels of the map (see :func:`impactx.metrics.functional.overlap_curve`).
-    Images with an empty mask are skipped. Higher is better.
+    Images with an empty mask are skipped. Higher is better. ``abs``, ``normalise``: Quantus' ``TopKIntersection``
+    options (see the functional core).
 
     Example (a map that ranks the object first overlaps it perfectly):
         >>> import torch
@@ -30,14 +32,17 @@ class OverlapAUC(CurveMetric):
 
     higher_is_better = True
 
-    def __init__(self, n_steps: int = 100, **kwargs) -> None:
+    def __init__(self, n_steps: int = 100, abs: bool = False, normalise: bool = False,  # noqa: A002
+                 **kwargs) -> None:
         check_int("n_steps", n_steps)
+        prepare_maps(torch.zeros(1, 1), abs, normalise)  # checks the options now
         super().__init__(n_steps, **kwargs)
         self.n_steps = n_steps
+        self.options = dict(n_steps=n_steps, abs=abs, normalise=normalise)
 
     def update(self, maps: torch.Tensor, masks: torch.Tensor) -> None:
         """``maps [B,C,H,W]`` or ``[B,1,H,W]``; ``masks [B,1,H,W]`` or ``[B,H,W]`` (nonzero = object)."""
-        self._accumulate(overlap_curve(maps, masks, self.n_steps))
+        self._accumulate(overlap_curve(maps, masks, **self.options))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"curve": mean Overlap(i/N) [N], "auc": its mean}``."""

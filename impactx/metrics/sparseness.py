@@ -14,7 +14,9 @@ class Sparseness(ScalarMetric):
     .. math:: G(\phi) = \frac{\sum_{i=1}^{d}(2i - d - 1)\,a_{(i)}}{d\sum_{i=1}^{d} a_{(i)}},
               \quad a = |\phi| + \epsilon \text{ sorted ascending.}
 
-    Higher is sparser.
+    Higher is sparser. ``abs`` and ``normalise`` are Quantus' options with Quantus' defaults (``True``, ``True``):
+    each map is divided by its largest ``|value|`` before ``eps`` is added, so a map scores the same at any scale
+    (:func:`~impactx.metrics.functional.sparseness`).
 
     Example (a one-hot map of d entries scores (d - 1) / d):
         >>> import torch
@@ -28,10 +30,12 @@ class Sparseness(ScalarMetric):
 
     higher_is_better = True
 
-    def __init__(self, eps: float = 1e-7, **kwargs) -> None:
+    def __init__(self, eps: float = 1e-7, abs: bool = True, normalise: bool = True, **kwargs) -> None:  # noqa: A002
         super().__init__(**kwargs)
+        sparseness(torch.zeros(1, 1), eps, abs, normalise)  # checks the options now
         self.eps = eps
+        self.options = dict(eps=eps, abs=abs, normalise=normalise)
 
     def update(self, maps: torch.Tensor) -> None:
         """``maps [B, ...]`` (any map shape)."""
-        self._accumulate(sparseness(maps, self.eps))
+        self._accumulate(sparseness(maps, **self.options))

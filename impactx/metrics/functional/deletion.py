@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.perturbation import (
     Perturbation,
     PerturbationLike,
     as_perturbation,
     perturbation_curve,
+    random_unit_scores,
     ranks_from_scores,
 )
 from impactx.metrics.functional.validation import check_curve_inputs, check_int
@@ -33,17 +35,22 @@ def _pixel_curve(
     perturbation: PerturbationLike,
     output: str,
     internal_batch_size: int | None,
+    abs: bool,  # noqa: A002
+    normalise: bool,
+    random_order: bool,
 ) -> torch.Tensor:
     targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
+    perturbation = as_perturbation(perturbation, DEFAULT_PERTURBATION)
     b = images.shape[0]
     n_features = maps[0].numel()
     n = check_int("n_steps", n_steps, maximum=n_features, what="the number of map entries")
-    rank_map = ranks_from_scores(maps.reshape(b, -1), descending=True).view(maps.shape)
+    if random_order:
+        scores = random_unit_scores(images, n_features, perturbation.seed)
+    else:
+        scores = prepare_maps(maps, abs, normalise).reshape(b, -1)
+    rank_map = ranks_from_scores(scores, descending=True).view(maps.shape)
     counts = feature_counts(n_features, n, images.device).expand(b, -1)
-    return perturbation_curve(
-        model, images, targets_t, rank_map, counts, not insert, output, chunk,
-        as_perturbation(perturbation, DEFAULT_PERTURBATION),
-    )
+    return perturbation_curve(model, images, targets_t, rank_map, counts, not insert, output, chunk, perturbation)
 
 
 def deletion_curve(
@@ -55,6 +62,9 @@ def deletion_curve(
     perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = False,
+    random_order: bool = False,
 ) -> torch.Tensor:
     """Deletion curve ``[B, n_steps + 1]``: ``curve[:, i] = f_c(x o M_{p_i}(phi(x)))``, ``p_i = i / N``.
 
@@ -64,8 +74,14 @@ def deletion_curve(
     paper, masking multiplies by zero (the default ``Perturbation("constant", value=0)``) and the score is the
     class probability ``f_c`` (``output="prob"``). Column 0 is the unperturbed image, column ``N`` the
     fully masked one. Summarise with :func:`riemann_auc` (lower is better).
+
+    ``abs``, ``normalise``: Quantus' ``PixelFlipping`` options: rank ``|map|`` (Quantus' default ``False``), and
+    divide each map by its largest ``|value|`` first (Quantus' default ``True``; it cannot change a ranking, so
+    ``False`` here keeps today's numbers bit for bit). ``random_order``: delete the features in a random order
+    instead (the chance baseline), keyed on each image and ``perturbation.seed``.
     """
-    return _pixel_curve(model, images, targets, maps, False, n_steps, perturbation, output, internal_batch_size)
+    return _pixel_curve(model, images, targets, maps, False, n_steps, perturbation, output, internal_batch_size, abs,
+                        normalise, random_order)
 
 
 def insertion_curve(
@@ -77,15 +93,20 @@ def insertion_curve(
     perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = False,
+    random_order: bool = False,
 ) -> torch.Tensor:
     """Insertion curve ``[B, n_steps + 1]``, the mirror of :func:`deletion_curve`.
 
     The weighted-IG paper defines deletion only; insertion follows the DeepPrior-EG paper (5.2): start
     from a blank image (the replacement everywhere, column 0) and put back the top ``k_i = floor(i P / N)``
     features of ``x`` in descending order of the map (column ``N`` is ``x``). Summarise with
-    :func:`riemann_auc` over the same ``p_i = i / N`` (higher is better).
+    :func:`riemann_auc` over the same ``p_i = i / N`` (higher is better). ``abs``, ``normalise``,
+    ``random_order`` as :func:`deletion_curve`.
     """
-    return _pixel_curve(model, images, targets, maps, True, n_steps, perturbation, output, internal_batch_size)
+    return _pixel_curve(model, images, targets, maps, True, n_steps, perturbation, output, internal_batch_size, abs,
+                        normalise, random_order)
 
 
 def riemann_auc(curve: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ from impactx.metrics.functional.perturbation import (
     PerturbationLike,
     as_perturbation,
     perturbation_curve,
+    random_unit_scores,
     ranks_from_scores,
 )
 from impactx.metrics.functional.validation import check_curve_inputs, check_int
@@ -52,6 +53,7 @@ def keep_remove_curve(
     perturbation: PerturbationLike = None,
     output: str = "logit",
     internal_batch_size: int | None = 128,
+    random_order: bool = False,
 ) -> torch.Tensor:
     """Keep/remove curve ``[B, n_steps + 1]`` at fractions ``j / n_steps`` (see the module docstring).
 
@@ -59,10 +61,13 @@ def keep_remove_curve(
         variant: ``"kpm"``, ``"knm"``, ``"kam"``, ``"rpm"``, ``"rnm"`` or ``"ram"``.
         maps: ``[B,C,H,W]`` (entries are features) or ``[B,1,H,W]`` (pixels are features).
         output: the model output tracked; ``"logit"`` by default (the benchmark's "model output").
+        random_order: the chance baseline: the same eligible features (the map's sign still picks them) in a
+            random order, keyed on each image and ``perturbation.seed``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
+    perturbation = as_perturbation(perturbation, DEFAULT_PERTURBATION)
     b = images.shape[0]
     n_features = maps[0].numel()
     n = check_int("n_steps", n_steps, maximum=n_features, what="the number of map entries")
@@ -75,6 +80,8 @@ def keep_remove_curve(
         score, eligible = -flat, flat < 0
     else:
         score, eligible = flat.abs(), torch.ones_like(flat, dtype=torch.bool)
+    if random_order:
+        score = random_unit_scores(images, n_features, perturbation.seed)
     ranks = ranks_from_scores(
         torch.where(eligible, score, torch.full_like(score, -torch.inf)), descending=True
     )
@@ -84,8 +91,7 @@ def keep_remove_curve(
     fractions = (torch.arange(n + 1, device=images.device) * n_features) // n
     counts = torch.minimum(fractions.view(1, -1), eligible.sum(dim=1, keepdim=True))
     return perturbation_curve(
-        model, images, targets_t, ranks.view(maps.shape), counts, not keep, output, chunk,
-        as_perturbation(perturbation, DEFAULT_PERTURBATION),
+        model, images, targets_t, ranks.view(maps.shape), counts, not keep, output, chunk, perturbation
     )
 
 

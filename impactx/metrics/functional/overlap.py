@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import torch
 
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.validation import check_int, check_masks
 
 
-def overlap_curve(maps: torch.Tensor, masks: torch.Tensor, n_steps: int = 100) -> torch.Tensor:
+def overlap_curve(maps: torch.Tensor, masks: torch.Tensor, n_steps: int = 100, abs: bool = False,  # noqa: A002
+                  normalise: bool = False) -> torch.Tensor:
     """Overlap curve ``[B, n_steps]``: ``Overlap(p_i) = |T_{p_i} ∩ S| / |T_{p_i}|``, ``p_i = i / N``, i = 1..N.
 
     ``S`` is the mask's pixel set, ``T_p`` the top ``t = ceil(p |S|)`` pixels of the map (summed over
     channels; ties to the lower flat index). The paper divides by ``p |S|``, which equals ``t`` whenever
     ``p |S|`` is a whole number; dividing by ``t`` keeps the value a fraction in ``[0, 1]`` otherwise.
-    Images with an empty mask get a NaN row (the metric class skips them).
+    Images with an empty mask get a NaN row (the metric class skips them). ``Overlap(p)`` is Quantus'
+    ``TopKIntersection`` at ``k = t``, and ``abs``, ``normalise`` are its options (rank ``|map|``; divide each map by
+    its largest ``|value|``, which cannot change a ranking); Quantus' defaults are ``False`` and ``True``, ``False``
+    here keeps today's numbers bit for bit.
 
     Args:
         maps: ``[B,C,H,W]`` or ``[B,1,H,W]`` attributions.
@@ -25,8 +30,9 @@ def overlap_curve(maps: torch.Tensor, masks: torch.Tensor, n_steps: int = 100) -
     inside = check_masks(maps, masks)
     n = check_int("n_steps", n_steps)
     b = maps.shape[0]
-    dtype = maps.dtype if maps.is_floating_point() else torch.float32
-    relevance = maps.detach().to(dtype).sum(dim=1).reshape(b, -1)
+    maps = prepare_maps(maps.detach(), abs, normalise)
+    dtype = maps.dtype
+    relevance = maps.sum(dim=1).reshape(b, -1)
     order = torch.argsort(-relevance, dim=1, stable=True)
     hits = inside.gather(1, order).cumsum(dim=1)
     size = inside.sum(dim=1, keepdim=True)

@@ -22,8 +22,10 @@ from impactx.core import eval_mode, gaussian_blur, image_keys, keyed_uniform, ta
 Replacement = Literal["uniform", "constant", "blur"]
 REPLACEMENTS: tuple[str, ...] = ("uniform", "constant", "blur")
 
-# Stream of keyed_uniform reserved for the replacement noise of region/pixel perturbation.
+# Streams of keyed_uniform reserved for the replacement noise of region/pixel perturbation and for the random
+# ordering of the units (the chance baseline), so that both can come from one seed.
 _UNIFORM_STREAM = 11
+_ORDER_STREAM = 13
 
 
 def check_replacement(replacement: str) -> str:
@@ -122,6 +124,13 @@ def ranks_from_scores(scores: torch.Tensor, descending: bool = True) -> torch.Te
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
     return ranks
+
+
+def random_unit_scores(images: torch.Tensor, n_units: int, seed: int) -> torch.Tensor:
+    """Scores ``[B, n_units]`` in ``[0, 1)`` that put each image's units in a random order: the chance baseline of a
+    perturbation curve. Keyed on the image's exact pixels and ``seed`` (a stream of their own, independent of the
+    uniform replacement noise drawn from the same seed), so an image gets the same order alone or in any batch."""
+    return keyed_uniform(image_keys(images, seed), n_units, stream=_ORDER_STREAM).to(images.device)
 
 
 def region_sums(maps: torch.Tensor, patch_size: int) -> torch.Tensor:

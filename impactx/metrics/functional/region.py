@@ -7,11 +7,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.perturbation import (
     Perturbation,
     PerturbationLike,
     as_perturbation,
     perturbation_curve,
+    random_unit_scores,
     ranks_from_scores,
     region_rank_map,
     region_sums,
@@ -35,6 +37,9 @@ def region_perturbation_curve(
     perturbation: PerturbationLike = None,
     output: str = "prob",
     internal_batch_size: int | None = 128,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = False,
+    random_order: bool = False,
 ) -> torch.Tensor:
     """Region-perturbation curve ``[B, n_steps + 1]``: ``curve[:, k] = f_y(x_k)``, k = 0..n_steps.
 
@@ -52,10 +57,17 @@ def region_perturbation_curve(
         n_steps: regions perturbed in all (``None``: every region).
         output: the score ``f_y``: ``"prob"`` (softmax), ``"logit"`` or ``"log_prob"``.
         internal_batch_size: perturbed images per forward pass.
+        abs, normalise: Quantus' ``RegionPerturbation`` options: rank ``|map|`` (Quantus' default ``False``), and
+            divide each map by its largest ``|value|`` first (Quantus' default ``True``; a positive factor per image
+            cannot change the ranking, so ``False`` here, which keeps the numbers bit for bit).
+        random_order: replace the regions in a random order instead of the map's (the chance baseline, ``order``
+            then makes no difference), keyed on each image and ``perturbation.seed``
+            (:func:`~impactx.metrics.functional.perturbation.random_unit_scores`).
     """
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     targets_t, maps, chunk = check_curve_inputs(model, images, targets, maps, output, internal_batch_size)
+    perturbation = as_perturbation(perturbation, DEFAULT_PERTURBATION)
     _, _, h, w = images.shape
     p = check_patch_size(patch_size, h, w)
     n_regions = (h // p) * (w // p)
@@ -65,13 +77,14 @@ def region_perturbation_curve(
         else check_int("n_steps", n_steps, maximum=n_regions, what="the number of regions")
     )
 
-    ranks = ranks_from_scores(region_sums(maps, p), descending=order == "morf")
+    if random_order:
+        scores = random_unit_scores(images, n_regions, perturbation.seed)
+    else:
+        scores = region_sums(prepare_maps(maps, abs, normalise), p)
+    ranks = ranks_from_scores(scores, descending=random_order or order == "morf")
     rank_map = region_rank_map(ranks, h, w, p)
     counts = torch.arange(n + 1, device=images.device).expand(images.shape[0], -1)
-    return perturbation_curve(
-        model, images, targets_t, rank_map, counts, True, output, chunk,
-        as_perturbation(perturbation, DEFAULT_PERTURBATION),
-    )
+    return perturbation_curve(model, images, targets_t, rank_map, counts, True, output, chunk, perturbation)
 
 
 def morf_curve(
