@@ -53,7 +53,9 @@ class MaxSensitivity(_ExplainerStability):
 
     estimated with ``n_samples`` uniform draws of ``delta`` per image (all explained as batches). Lower is
     better. ``return_nan_when_prediction_changes`` leaves out the images one of whose noisy copies changes the
-    model's prediction (Quantus' option: their value is NaN). ``explain(model, x, y) -> map`` is any callable, e.g. ``create_explainer("ig")``.
+    model's prediction (Quantus' option: their value is NaN). ``relative=False`` drops the denominator (Yeh et al.'s
+    plain sensitivity); ``abs`` and ``normalise`` are Quantus' (``|phi|``; each map over its largest ``|value|``),
+    with Quantus' defaults, ``False``. ``explain(model, x, y) -> map`` is any callable, e.g. ``create_explainer("ig")``.
 
     Example (an explainer that ignores the input is perfectly stable):
         >>> import torch
@@ -76,15 +78,17 @@ class MaxSensitivity(_ExplainerStability):
         radius: float = 0.2,
         n_samples: int = 20,
         seed: int = 0,
-        normalise: bool = True,
+        relative: bool = True,
         internal_batch_size: int | None = 128,
         return_nan_when_prediction_changes: bool = False,
+        abs: bool = False,  # noqa: A002
+        normalise: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(explainer, dict(
-            radius=radius, n_samples=n_samples, seed=seed, normalise=normalise,
+            radius=radius, n_samples=n_samples, seed=seed, relative=relative,
             internal_batch_size=internal_batch_size,
-            return_nan_when_prediction_changes=return_nan_when_prediction_changes,
+            return_nan_when_prediction_changes=return_nan_when_prediction_changes, abs=abs, normalise=normalise,
         ), **kwargs)
 
 
@@ -97,16 +101,17 @@ class AvgSensitivity(MaxSensitivity):
 
 class LocalLipschitzEstimate(_ExplainerStability):
     r"""Mean local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018; Quantus ``LocalLipschitzEstimate``):
-    ``max_j ||phi(x + d_j) - phi(x)||_2 / ||d_j||_2`` over ``n_samples`` Gaussian draws of ``std``. Lower is better.
-    ``return_nan_when_prediction_changes`` as :class:`MaxSensitivity`."""
+    ``max_j ||phi(x + d_j) - phi(x)||_2 / ||d_j||_2`` over ``n_samples`` Gaussian draws of ``std``, each map divided
+    by its largest ``|value|`` first (``normalise=True``, Quantus' default). Lower is better.
+    ``return_nan_when_prediction_changes`` and ``abs`` as :class:`MaxSensitivity`."""
 
     score_fn = staticmethod(local_lipschitz_estimate)
     noise_name = "std"
 
     def __init__(self, explainer: ExplainerFn, std: float = 0.1, n_samples: int = 200, seed: int = 0,
                  internal_batch_size: int | None = 128, return_nan_when_prediction_changes: bool = False,
-                 **kwargs) -> None:
+                 abs: bool = False, normalise: bool = True, **kwargs) -> None:  # noqa: A002
         super().__init__(explainer, dict(
             std=std, n_samples=n_samples, seed=seed, internal_batch_size=internal_batch_size,
-            return_nan_when_prediction_changes=return_nan_when_prediction_changes,
+            return_nan_when_prediction_changes=return_nan_when_prediction_changes, abs=abs, normalise=normalise,
         ), **kwargs)

@@ -36,8 +36,8 @@ from impactx.metrics.functional import (
 # ---------------------------------------------------------------- max-sensitivity
 
 
-@pytest.mark.parametrize("normalise", [True, False])
-def test_max_sensitivity_matches_quantus_with_shared_noise(normalise):
+@pytest.mark.parametrize("relative", [True, False])
+def test_max_sensitivity_matches_quantus_with_shared_noise(relative):
     model = tiny_cnn(1, 8)
     images, targets, _ = batch(3, 1, 8)
     radius, n = 0.1, 4
@@ -51,7 +51,7 @@ def test_max_sensitivity_matches_quantus_with_shared_noise(normalise):
         radius=radius,
         n_samples=n,
         seed=5,
-        normalise=normalise,
+        relative=relative,
         internal_batch_size=5,
     )
     noise = uniform_ball_noise(images, radius, n, seed=5).reshape(n, 3, -1).numpy()
@@ -64,7 +64,7 @@ def test_max_sensitivity_matches_quantus_with_shared_noise(normalise):
     def explain(model, inputs, targets, **kwargs):
         return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
 
-    kwargs = {} if normalise else {"norm_denominator": lambda a: np.ones(a.shape[0])}
+    kwargs = {} if relative else {"norm_denominator": lambda a: np.ones(a.shape[0])}
     metric = quantus.MaxSensitivity(
         nr_samples=n, perturb_func=perturb, normalise=False, abs=False, disable_warnings=True, **kwargs
     )
@@ -81,7 +81,7 @@ def test_max_sensitivity_matches_quantus_with_shared_noise(normalise):
     # computing phi(x) inside gives the same
     torch.testing.assert_close(
         max_sensitivity(
-            model, images, targets, saliency, radius=radius, n_samples=n, seed=5, normalise=normalise
+            model, images, targets, saliency, radius=radius, n_samples=n, seed=5, relative=relative
         ),
         ours,
         atol=1e-6,
@@ -346,9 +346,9 @@ def test_local_lipschitz_estimate_matches_quantus_with_shared_noise():
         model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps), explain_func=explain,
         channel_first=True, device="cpu")
     ours = local_lipschitz_estimate(model, images, targets, saliency, maps, std=std, n_samples=n, seed=4,
-                                    internal_batch_size=5)
+                                    internal_batch_size=5, normalise=False)
     torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-4)
-    metric = LocalLipschitzEstimate(saliency, std=std, n_samples=n, seed=4)
+    metric = LocalLipschitzEstimate(saliency, std=std, n_samples=n, seed=4, normalise=False)
     metric.update(model, images, targets)
     assert float(metric.compute()) == pytest.approx(float(ours.mean()), rel=1e-5)
 
@@ -397,3 +397,42 @@ def test_sensitivity_metrics_check_their_arguments_at_construction(name):
     images, targets, _ = batch(2, 1, 8)
     with pytest.raises(ValueError, match="std must be a finite number > 0, got -1"):
         local_lipschitz_estimate(tiny_cnn(1, 8), images, targets, saliency, std=-1)
+
+
+@pytest.mark.parametrize(("abs_", "normalise"), [(False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("name", ["max", "avg", "lipschitz"])
+def test_sensitivity_abs_and_normalise_match_quantus_per_image(name, abs_, normalise):
+    """Quantus' ``abs`` and ``normalise`` on phi(x) and every phi(x + d). Quantus normalises a whole batch of maps by
+    one maximum, here each map by its own: the two agree image by image, so Quantus gets one image per call."""
+    from impactx.metrics import AvgSensitivity, LocalLipschitzEstimate, MaxSensitivity
+    from impactx.metrics.functional import avg_sensitivity, lipschitz_noise, local_lipschitz_estimate
+
+    ours_fn, cls, theirs, size, noise_fn = {
+        "max": (max_sensitivity, MaxSensitivity, quantus.MaxSensitivity, "radius", uniform_ball_noise),
+        "avg": (avg_sensitivity, AvgSensitivity, quantus.AvgSensitivity, "radius", uniform_ball_noise),
+        "lipschitz": (local_lipschitz_estimate, LocalLipschitzEstimate, quantus.LocalLipschitzEstimate, "std",
+                      lipschitz_noise),
+    }[name]
+    model = tiny_cnn(1, 8)
+    images, targets, _ = batch(3, 1, 8)
+    n = 4
+    maps = saliency(model, images, targets)
+    noise = noise_fn(images, 0.1, n, seed=6).reshape(n, 3, -1).numpy()
+
+    def explain(model, inputs, targets, **kwargs):
+        return saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    ref = []
+    for i in range(3):
+        metric = theirs(nr_samples=n, perturb_func=_replay(noise[:, i:i + 1]), abs=abs_, normalise=normalise,
+                        disable_warnings=True)
+        ref.append(metric(model=model, x_batch=np32(images[i:i + 1]), y_batch=targets[i:i + 1].numpy(),
+                          a_batch=np32(maps[i:i + 1]), explain_func=explain, channel_first=True, device="cpu")[0])
+    options = {size: 0.1, "n_samples": n, "seed": 6, "abs": abs_, "normalise": normalise}
+    ours = ours_fn(model, images, targets, saliency, maps, **options)
+    torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float32), atol=1e-5, rtol=1e-4)
+    plain = ours_fn(model, images, targets, saliency, maps, **{**options, "abs": False, "normalise": False})
+    assert not torch.allclose(ours, plain)  # the options do change the score
+    metric = cls(saliency, **options)
+    metric.update(model, images, targets, maps)
+    assert float(metric.compute()) == pytest.approx(float(ours.mean()), rel=1e-5)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from impactx.core import eval_mode, image_keys, keyed_normal, keyed_uniform
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.validation import (
     check_batch,
     check_chunk,
@@ -83,14 +84,16 @@ def max_sensitivity(
     radius: float = 0.2,
     n_samples: int = 20,
     seed: int = 0,
-    normalise: bool = True,
+    relative: bool = True,
     internal_batch_size: int | None = 128,
     return_nan_when_prediction_changes: bool = False,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = False,
 ) -> torch.Tensor:
     """``SENS_max(x) = max_{j=1..n} ||phi(x + d_j) - phi(x)||_F / ||phi(x)||_F`` per image -> ``[B]``.
 
     ``d_j`` are Monte-Carlo draws, uniform in the L-inf ball of ``radius`` (:func:`uniform_ball_noise`),
-    and ``phi = explainer(model, x, y)``; the denominator is Quantus' normalisation (``normalise=False``
+    and ``phi = explainer(model, x, y)``; the denominator is Quantus' ``norm_denominator`` (``relative=False``
     gives Yeh et al.'s plain ``max ||phi(x + d) - phi(x)||``). All ``n_samples * B`` noisy images are
     explained in chunks of ``internal_batch_size``. Lower is better.
 
@@ -99,9 +102,12 @@ def max_sensitivity(
         maps: ``phi(x)`` if already computed (otherwise ``explainer`` computes it).
         return_nan_when_prediction_changes: NaN for an image when any of its noisy copies is classified
             differently (Quantus' option of the same name and meaning).
+        abs, normalise: Quantus' options with Quantus' defaults (``False``, ``False``), applied to ``phi(x)`` and to
+            every ``phi(x + d_j)`` before they are compared: take ``|phi|``; divide each map by its largest
+            ``|value|`` (Quantus divides a whole batch of maps by one common maximum).
     """
-    return _sensitivity("max", model, images, targets, explainer, maps, radius, n_samples, seed, normalise,
-                        internal_batch_size, return_nan_when_prediction_changes)
+    return _sensitivity("max", model, images, targets, explainer, maps, radius, n_samples, seed, relative,
+                        internal_batch_size, return_nan_when_prediction_changes, abs, normalise)
 
 
 def local_lipschitz_estimate(
@@ -115,12 +121,15 @@ def local_lipschitz_estimate(
     seed: int = 0,
     internal_batch_size: int | None = 128,
     return_nan_when_prediction_changes: bool = False,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = True,
 ) -> torch.Tensor:
     """``LLE(x) = max_j ||phi(x + d_j) - phi(x)||_2 / (||d_j||_2 + 1e-10)`` per image -> ``[B]``, ``d_j ~ N(0, std^2)``
     (Alvarez-Melis & Jaakkola, 2018; Quantus ``LocalLipschitzEstimate`` with its defaults: std 0.1, 200 draws,
-    Euclidean distances). Lower is better. Options as :func:`max_sensitivity`."""
+    Euclidean distances, ``abs=False``, ``normalise=True``, i.e. every map divided by its largest ``|value|``
+    first). Lower is better. Options as :func:`max_sensitivity`."""
     return _sensitivity("lipschitz", model, images, targets, explainer, maps, std, n_samples, seed, False,
-                        internal_batch_size, return_nan_when_prediction_changes)
+                        internal_batch_size, return_nan_when_prediction_changes, abs, normalise)
 
 
 def avg_sensitivity(
@@ -132,20 +141,23 @@ def avg_sensitivity(
     radius: float = 0.2,
     n_samples: int = 20,
     seed: int = 0,
-    normalise: bool = True,
+    relative: bool = True,
     internal_batch_size: int | None = 128,
     return_nan_when_prediction_changes: bool = False,
+    abs: bool = False,  # noqa: A002
+    normalise: bool = False,
 ) -> torch.Tensor:
     """``SENS_avg(x) = mean_j ||phi(x + d_j) - phi(x)||_F / ||phi(x)||_F`` per image -> ``[B]`` (Yeh et al., 2019;
     Quantus ``AvgSensitivity``); the same draws and options as :func:`max_sensitivity`."""
-    return _sensitivity("mean", model, images, targets, explainer, maps, radius, n_samples, seed, normalise,
-                        internal_batch_size, return_nan_when_prediction_changes)
+    return _sensitivity("mean", model, images, targets, explainer, maps, radius, n_samples, seed, relative,
+                        internal_batch_size, return_nan_when_prediction_changes, abs, normalise)
 
 
 def _sensitivity(
     reduction: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor | int, explainer: ExplainerFn,
-    maps: torch.Tensor | None, radius: float, n_samples: int, seed: int, normalise: bool,
-    internal_batch_size: int | None, return_nan_when_prediction_changes: bool,
+    maps: torch.Tensor | None, radius: float, n_samples: int, seed: int, relative: bool,
+    internal_batch_size: int | None, return_nan_when_prediction_changes: bool, abs: bool,  # noqa: A002
+    normalise: bool,
 ) -> torch.Tensor:
     check_explainer(explainer)
     targets_t = check_batch(model, images, targets)
@@ -157,7 +169,7 @@ def _sensitivity(
         if maps is None:
             maps = _maps_of(explainer, model, images, targets_t, chunk)
         maps = check_maps(images, maps).detach()
-        base = maps.reshape(b, -1)
+        base = prepare_maps(maps, abs, normalise).reshape(b, -1)
         keys = image_keys(images, seed)
         if return_nan_when_prediction_changes:
             with torch.no_grad():
@@ -173,7 +185,7 @@ def _sensitivity(
             else:
                 delta = _ball_noise(keys[img], sample, images.shape[1:], radius, images.dtype)
             x = images[img] + delta
-            perturbed = explainer(model, x, targets_t[img]).detach().reshape(len(q), -1)
+            perturbed = prepare_maps(explainer(model, x, targets_t[img]).detach(), abs, normalise).reshape(len(q), -1)
             if perturbed.shape[1] != base.shape[1]:
                 raise RuntimeError(
                     f"explainer returned {perturbed.shape[1]} values per image on noisy inputs but "
@@ -189,4 +201,4 @@ def _sensitivity(
             diffs.append(diff)
     draws = torch.cat(diffs).view(n, b)
     sens = draws.mean(dim=0) if reduction == "mean" else draws.amax(dim=0)  # a NaN draw makes the image NaN
-    return sens / base.norm(dim=1) if normalise else sens
+    return sens / base.norm(dim=1) if relative else sens
