@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from impactx.metrics.functional.perturbation import Perturbation
-from impactx.metrics.functional.validation import check_chunk, check_int, check_output_name
+from impactx.metrics.functional.validation import check_bool, check_chunk, check_int, check_output_name
 
 
 def _finite_rows(curves: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,7 @@ class PerturbationCurveMetric(CurveMetric):
         **kwargs,
     ) -> None:
         check_int("n_steps", n_steps)
-        if not isinstance(random_baseline, bool):
-            raise TypeError(f"random_baseline must be a bool, got {random_baseline!r}")
+        check_bool("random_baseline", random_baseline)
         if not isinstance(perturbation, Perturbation):
             raise TypeError(f"perturbation must be a Perturbation, got {type(perturbation).__name__}")
         check_output_name(output)

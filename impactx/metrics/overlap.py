@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from impactx.metrics.base import CurveMetric
-from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.overlap import overlap_auc, overlap_curve
-from impactx.metrics.functional.validation import check_int
+from impactx.metrics.functional.validation import check_bool, check_int
 
 
 class OverlapAUC(CurveMetric):
@@ -35,7 +34,8 @@ class OverlapAUC(CurveMetric):
     def __init__(self, n_steps: int = 100, abs: bool = False, normalise: bool = False,  # noqa: A002
                  **kwargs) -> None:
         check_int("n_steps", n_steps)
-        prepare_maps(torch.zeros(1, 1), abs, normalise)  # checks the options now
+        check_bool("abs", abs)
+        check_bool("normalise", normalise)
         super().__init__(n_steps, **kwargs)
         self.n_steps = n_steps
         self.options = dict(n_steps=n_steps, abs=abs, normalise=normalise)

@@ -17,7 +17,7 @@ from impactx.metrics.functional.randomisation import (
     similarity_function,
 )
 from impactx.metrics.functional.sensitivity import ExplainerFn
-from impactx.metrics.functional.validation import check_chunk, check_explainer
+from impactx.metrics.functional.validation import check_bool, check_chunk, check_explainer
 
 
 class ModelParameterRandomisation(Metric):
@@ -116,14 +116,18 @@ class RandomLogit(ScalarMetric):
 
     higher_is_better = False
 
-    def __init__(self, explainer, similarity: str = "ssim", seed: int = 0, **kwargs) -> None:
+    def __init__(self, explainer, similarity: str = "ssim", seed: int = 0, abs: bool = False,  # noqa: A002
+                 **kwargs) -> None:
         check_explainer(explainer)
         similarity_function(similarity)  # checks the name now
+        check_bool("abs", abs)
         super().__init__(**kwargs)
         self.explainer = explainer
         self.similarity = similarity
         self.seed = seed
+        self.abs = abs
 
     def update(self, model, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor | None = None) -> None:
-        values = random_logit(model, images, targets, self.explainer, maps, similarity=self.similarity, seed=self.seed)
+        values = random_logit(model, images, targets, self.explainer, maps, similarity=self.similarity, seed=self.seed,
+                              abs=self.abs)
         self._accumulate(values[~torch.isnan(values)])

@@ -284,8 +284,9 @@ def test_avg_and_max_sensitivity_match_quantus_with_shared_noise_and_changed_pre
     assert float(avg.compute()) == pytest.approx(float(kept.mean()), rel=1e-6, nan_ok=True)
 
 
+@pytest.mark.parametrize("abs_", [False, True])
 @pytest.mark.parametrize("similarity", ["pearson", "spearman"])
-def test_random_logit_matches_quantus_on_its_classes(similarity):
+def test_random_logit_matches_quantus_on_its_classes(similarity, abs_):
     """Quantus draws the other class with numpy's generator; the same classes, given to impactx, give the same
     similarities (Quantus' Pearson and Spearman similarity functions)."""
     from impactx.metrics import RandomLogit
@@ -304,16 +305,18 @@ def test_random_logit_matches_quantus_on_its_classes(similarity):
 
     func = {"pearson": quantus.similarity_func.correlation_pearson,
             "spearman": quantus.similarity_func.correlation_spearman}[similarity]
-    ref = quantus.RandomLogit(num_classes=5, seed=3, similarity_func=func, normalise=False, abs=False,
+    ref = quantus.RandomLogit(num_classes=5, seed=3, similarity_func=func, normalise=False, abs=abs_,
                               disable_warnings=True)(
         model=model, x_batch=np32(images), y_batch=targets.numpy(), a_batch=np32(maps), explain_func=explain,
         channel_first=True, device="cpu")
-    ours = random_logit(model, images, targets, saliency, maps, others=others, similarity=similarity)
+    ours = random_logit(model, images, targets, saliency, maps, others=others, similarity=similarity, abs=abs_)
     torch.testing.assert_close(ours, torch.tensor(np.asarray(ref), dtype=torch.float32), atol=1e-5, rtol=1e-5)
-    drawn = random_logit(model, images, targets, saliency, maps, similarity=similarity, seed=1)
-    alone = random_logit(model, images[2:3], targets[2:3], saliency, similarity=similarity, seed=1)
+    signed = random_logit(model, images, targets, saliency, maps, others=others, similarity=similarity)
+    assert abs_ != bool(torch.allclose(ours, signed))
+    drawn = random_logit(model, images, targets, saliency, maps, similarity=similarity, seed=1, abs=abs_)
+    alone = random_logit(model, images[2:3], targets[2:3], saliency, similarity=similarity, seed=1, abs=abs_)
     torch.testing.assert_close(alone, drawn[2:3])  # the drawn class is the image's own
-    metric = RandomLogit(saliency, similarity=similarity, seed=1)
+    metric = RandomLogit(saliency, similarity=similarity, seed=1, abs=abs_)
     metric.update(model, images, targets)
     assert float(metric.compute()) == pytest.approx(float(drawn.mean()), rel=1e-5)
 

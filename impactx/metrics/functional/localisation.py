@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from impactx.metrics.functional.validation import check_bool
+
 __all__ = ["attribution_localisation", "pointing_game", "prepare_maps", "relevance_mass_accuracy",
            "relevance_rank_accuracy"]
 
@@ -21,9 +23,8 @@ def prepare_maps(maps: torch.Tensor, abs: bool = False, normalise: bool = False)
     """``maps [B, ...]`` as float ``[B, ...]`` with Quantus' ``abs`` then ``normalise`` (by the max |value|)."""
     if not isinstance(maps, torch.Tensor) or maps.dim() < 2:
         raise ValueError(f"maps must be a [B, ...] tensor, got {getattr(maps, 'shape', type(maps).__name__)}")
-    for name, flag in (("abs", abs), ("normalise", normalise)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    check_bool("abs", abs)
+    check_bool("normalise", normalise)
     maps = maps if maps.is_floating_point() else maps.float()
     if abs:
         maps = maps.abs()

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from impactx.core import eval_mode, image_keys, keyed_uniform
+from impactx.metrics.functional.localisation import prepare_maps
 from impactx.metrics.functional.sensitivity import ExplainerFn, _maps_of
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_explainer, check_maps
 
@@ -179,6 +180,7 @@ def random_logit(
     similarity: Similarity = "ssim",
     seed: int = 0,
     num_classes: int | None = None,
+    abs: bool = False,  # noqa: A002
 ) -> torch.Tensor:
     """Random-logit test (Sixt et al., 2020; Quantus ``RandomLogit``): similarity ``[B]`` between each image's map
     of its class and its map of another class drawn at random (lower is better: the map depends on the class).
@@ -188,6 +190,8 @@ def random_logit(
             each image's key and ``seed``, so an image gets the same class in any batch).
         similarity: ``"ssim"`` (Quantus' default), ``"pearson"`` or ``"spearman"``.
         num_classes: ``K`` (``None``: the model's output width).
+        abs: compare ``|phi|`` (Quantus' option and default, ``False``). Quantus' ``normalise`` is not offered here
+            or on :func:`model_randomisation`: every similarity is unchanged by a positive factor per map.
     """
     compare = similarity_function(similarity)
     targets_t = check_batch(model, images, targets)
@@ -206,4 +210,4 @@ def random_logit(
         if torch.any(others == targets_t):
             raise ValueError("the other classes must differ from the targets")
         other_maps = check_maps(images, explainer(model, images, others), "maps of the other classes").detach()
-    return compare(maps, other_maps)
+    return compare(prepare_maps(maps, abs), prepare_maps(other_maps, abs))

@@ -24,6 +24,13 @@ def check_batch(
     return check_inputs(images, targets, num_classes if isinstance(num_classes, int) else None)
 
 
+def check_bool(name: str, value: object) -> bool:
+    """A flag option (``abs``, ``normalise``, ``random_baseline``, ...) must be a bool, not a truthy stand-in."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_explainer(explainer: object) -> None:
     """An explainer for the metrics that re-explain inputs: a callable ``explainer(model, x, y) -> maps``."""
     if not callable(explainer):
