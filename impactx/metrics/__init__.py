@@ -4,13 +4,15 @@ Faithfulness: :class:`MoRF`, :class:`LeRF` (AOPC), :class:`DeletionAUC`, :class:
 keep/remove family (:class:`KPM` ... :class:`RAM`), :class:`AverageDrop`, :class:`IncreaseInConfidence`.
 Localisation (against object masks): :class:`OverlapAUC`, :class:`PointingGame`, :class:`RelevanceMassAccuracy`,
 :class:`RelevanceRankAccuracy`, :class:`AttributionLocalisation`. Complexity: :class:`Sparseness`,
-:class:`TotalVariation`, :class:`EntropyComplexity`, :class:`EffectiveComplexity`. Robustness: :class:`MaxSensitivity`
-(of a map), :class:`NoiseAccuracy` (of the model). ADVISE's scores: :class:`ClassSensitivity`, :class:`XAIValue`. Sanity: :class:`ModelParameterRandomisation`.
+:class:`TotalVariation`, :class:`EntropyComplexity`, :class:`EffectiveComplexity`. Robustness: :class:`MaxSensitivity`,
+:class:`AvgSensitivity`, :class:`LocalLipschitzEstimate` (of a map), :class:`NoiseAccuracy` (of the model). ADVISE's scores: :class:`ClassSensitivity`, :class:`XAIValue`. Sanity: :class:`ModelParameterRandomisation`.
 The functional cores live in :mod:`impactx.metrics.functional`. Nothing here knows about Lightning.
 
 Every metric sums per-image values (``dist_reduce_fx="sum"``) and counts images, so the DDP-synced
 result equals the single-process one. Curve metrics compute ``{"curve": ..., <summary>: ...}``; how the
-perturbation curves fill what they remove is one :class:`Perturbation` (``perturbation=`` on every one).
+perturbation curves fill what they remove is one :class:`Perturbation` (``perturbation=`` on every one), and
+``random_baseline=True`` adds the curve of a random order of the same units (the chance level). Quantus' ``abs`` and
+``normalise`` options are on the metrics whose Quantus counterpart has them (``docs/evaluation.md``).
 """
 
 from impactx.metrics import functional

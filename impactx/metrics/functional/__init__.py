@@ -25,6 +25,7 @@ from impactx.metrics.functional.perturbation import (
     Perturbation,
     gaussian_blur,
     masked_scores,
+    random_unit_scores,
     ranks_from_scores,
 )
 from impactx.metrics.functional.randomisation import (
@@ -77,13 +78,12 @@ __all__ = [
     "model_randomisation",
     "pearson_correlation",
     "random_logit",
-    "pearson_correlation",
-    "random_logit",
     "morf_curve",
     "noise_accuracy_curve",
     "overlap_auc",
     "overlap_curve",
     "randomisable_layers",
+    "random_unit_scores",
     "ranks_from_scores",
     "region_perturbation_curve",
     "riemann_auc",
