@@ -1,6 +1,7 @@
 """Under DDP (2 CPU processes, gloo) the synced metric equals the single-process value on all the data.
 
-One curve metric with random replacement (MoRF, uniform noise: the draw must not depend on the shard) and
+One curve metric with random replacement and its random-order baseline (MoRF, uniform noise: the draws must not
+depend on the shard) and
 one scalar metric (Sparseness); the shards have different sizes (3 and 2 images).
 """
 
@@ -25,7 +26,7 @@ def _free_port() -> int:
 
 
 def _metrics():
-    return MoRF(patch_size=4, n_steps=4, perturbation={"seed": 9}), Sparseness()
+    return MoRF(patch_size=4, n_steps=4, perturbation={"seed": 9}, random_baseline=True), Sparseness()
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -59,6 +60,8 @@ def test_ddp_synced_value_equals_single_process(tmp_path):
         synced = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(synced["morf"]["curve"], single["morf"]["curve"], atol=1e-6, rtol=0)
         torch.testing.assert_close(synced["morf"]["aopc"], single["morf"]["aopc"], atol=1e-6, rtol=0)
+        for key in ("random_curve", "random_aopc"):  # the random order is the image's, not the shard's
+            torch.testing.assert_close(synced["morf"][key], single["morf"][key], atol=1e-6, rtol=0)
         torch.testing.assert_close(synced["sparseness"], single["sparseness"], atol=1e-6, rtol=0)
     # the sync really happened: rank 0's own shard alone gives another curve
     assert not torch.allclose(local.compute()["curve"], single["morf"]["curve"])
