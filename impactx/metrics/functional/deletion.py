@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from impactx.metrics.functional.localisation import prepare_maps
+from impactx.metrics.functional.map_options import prepare_maps
 from impactx.metrics.functional.perturbation import (
     Perturbation,
     PerturbationLike,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from impactx.metrics.functional.localisation import prepare_maps
+from impactx.metrics.functional.map_options import prepare_maps
 from impactx.metrics.functional.validation import check_int, check_masks
 
 

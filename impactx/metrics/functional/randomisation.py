@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from impactx.core import eval_mode, image_keys, keyed_uniform
-from impactx.metrics.functional.localisation import prepare_maps
+from impactx.metrics.functional.map_options import prepare_maps
 from impactx.metrics.functional.sensitivity import ExplainerFn, _maps_of
 from impactx.metrics.functional.validation import check_batch, check_chunk, check_explainer, check_maps
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from impactx.core import eval_mode, image_keys, keyed_normal, keyed_uniform
-from impactx.metrics.functional.localisation import prepare_maps
+from impactx.metrics.functional.map_options import prepare_maps
 from impactx.metrics.functional.validation import (
     check_batch,
     check_chunk,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from impactx.metrics.functional.localisation import prepare_maps
+from impactx.metrics.functional.map_options import prepare_maps
 
 
 def sparseness(maps: torch.Tensor, eps: float = 1e-7, abs: bool = True, normalise: bool = False) -> torch.Tensor:  # noqa: A002
