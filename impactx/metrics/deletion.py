@@ -10,11 +10,13 @@ from impactx.metrics.functional.deletion import (
     riemann_auc,
 )
 from impactx.metrics.functional.perturbation import PerturbationLike, as_perturbation
+from impactx.metrics.functional.validation import check_bool
 
 
 class _PixelCurve(PerturbationCurveMetric):
     """Deletion/insertion: ``compute()`` gives ``{"curve": mean score at p_i = i/N [N + 1], "auc": 1/N
-    sum_{i>=1} curve[i]}``."""
+    sum_{i>=1} curve[i]}`` (with ``random_baseline``, also ``"random_curve"`` and ``"random_auc"``: the same images,
+    features in a random order). ``abs``, ``normalise``: Quantus' ``PixelFlipping`` options."""
 
     summary_name = "auc"
     summary_fn = staticmethod(riemann_auc)
@@ -30,6 +32,8 @@ class _PixelCurve(PerturbationCurveMetric):
         random_baseline: bool = False,
         **kwargs,
     ) -> None:
+        check_bool("abs", abs)
+        check_bool("normalise", normalise)
         super().__init__(
             curve_options=dict(abs=abs, normalise=normalise),
             n_steps=n_steps,

@@ -21,7 +21,8 @@ class KeepRemoveMetric(PerturbationCurveMetric):
 
     The DeepPrior-EG paper calls a larger AUC better for all six; that holds for the benchmark's
     sign-transformed curves. The AUC here is of the raw output, so ``higher_is_better`` is set per variant
-    (KPM, KAM, RNM: higher; KNM, RPM, RAM: lower).
+    (KPM, KAM, RNM: higher; KNM, RPM, RAM: lower). ``random_baseline`` also gives ``"random_curve"`` and
+    ``"random_auc"``: the same eligible features in a random order.
     """
 
     variant: ClassVar[str] = "kpm"

@@ -7,11 +7,13 @@ from typing import ClassVar
 from impactx.metrics.base import PerturbationCurveMetric
 from impactx.metrics.functional.perturbation import PerturbationLike, as_perturbation
 from impactx.metrics.functional.region import DEFAULT_PERTURBATION, aopc, region_perturbation_curve
-from impactx.metrics.functional.validation import check_int
+from impactx.metrics.functional.validation import check_bool, check_int
 
 
 class _RegionPerturbation(PerturbationCurveMetric):
-    """MoRF/LeRF: ``compute()`` gives ``{"curve": mean f_y(x_k) [n_steps + 1], "aopc": scalar}``."""
+    """MoRF/LeRF: ``compute()`` gives ``{"curve": mean f_y(x_k) [n_steps + 1], "aopc": scalar}`` (with
+    ``random_baseline``, also ``"random_curve"`` and ``"random_aopc"``: the same images, regions in a random order).
+    ``abs``, ``normalise``: Quantus' ``RegionPerturbation`` options (rank ``|map|``; each map over its max |value|)."""
 
     order: ClassVar[str] = "morf"
     curve_fn = staticmethod(region_perturbation_curve)
@@ -30,6 +32,8 @@ class _RegionPerturbation(PerturbationCurveMetric):
         random_baseline: bool = False,
         **kwargs,
     ) -> None:
+        check_bool("abs", abs)
+        check_bool("normalise", normalise)
         check_int("patch_size", patch_size)
         super().__init__(
             curve_options=dict(order=self.order, patch_size=patch_size, abs=abs, normalise=normalise),

@@ -162,7 +162,9 @@ def test_overlap_points_match_quantus_top_k_intersection(abs_, normalise):
 
 def test_bad_flags_are_refused_early():
     with pytest.raises(TypeError, match="abs must be a bool, got 'no'"):
-        MoRF(abs="no").update(tiny_cnn(1), *batch(2, 1))
+        MoRF(abs="no")
+    with pytest.raises(TypeError, match="abs must be a bool"):
+        deletion_curve(tiny_cnn(1), *batch(2, 1), abs=1)
     with pytest.raises(TypeError, match="normalise must be a bool"):
         OverlapAUC(normalise=1)
     with pytest.raises(TypeError, match="random_baseline must be a bool"):
