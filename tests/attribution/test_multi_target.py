@@ -10,6 +10,10 @@ import shap
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import Saliency as CaptumSaliency
+from test_partition import (  # batch-invariant float64 models shap and impactx agree on
+    CountingModel,
+    RowwiseNet,
+)
 from torch import nn
 
 from impactx.attribution import attribute, create_explainer
@@ -29,34 +33,6 @@ class LinearNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).double() @ self.weight.T + self.bias
-
-
-class RowwiseNet(nn.Module):
-    """A nonlinear float64 classifier whose scores for an image do not depend on the batch around it, so
-    shap (10 masks per call) and impactx (hundreds) see bit-identical outputs."""
-
-    def __init__(self, features: int, num_classes: int = 5, hidden: int = 8, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.w1 = nn.Parameter(torch.randn(hidden, features, generator=gen, dtype=torch.float64) / features**0.5)
-        self.w2 = nn.Parameter(torch.randn(num_classes, hidden, generator=gen, dtype=torch.float64))
-        self.num_classes = num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.tanh((x.flatten(1).double().unsqueeze(1) * self.w1).sum(-1))
-        return (h.unsqueeze(1) * self.w2).sum(-1)
-
-
-class CountingModel(nn.Module):
-    """Counts the images the wrapped model is evaluated on."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.num_classes, self.rows = inner, inner.num_classes, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.rows += x.shape[0]
-        return self.inner(x)
 
 
 # --- closed forms --------------------------------------------------------------------------------------------
