@@ -79,14 +79,12 @@ class OwenOptionsMixin:
         rows: int,
     ) -> torch.Tensor:
         """``target [B,T]`` -> ``[B,T,C,H,W]``: with ``joint_targets``, all ``T`` classes of an image in one
-        queue (``rows // T`` images per call); otherwise the base class's one row per (image, target)."""
+        queue, the whole batch in one call as a single-target call (``rows`` does not apply: only the queue's
+        scores grow ``T``-fold, the masked images per model call stay bounded by ``internal_batch_size``);
+        otherwise the base class's one row per (image, target)."""
         if not self.joint_targets:
             return super()._attribute_targets(model, inputs, target, background, rows)  # type: ignore[misc]
-        images = max(1, rows // target.shape[1])
-        return torch.cat([
-            self._attribute(model, inputs[i : i + images], target[i : i + images], background)  # type: ignore[attr-defined]
-            for i in range(0, inputs.shape[0], images)
-        ])
+        return self._attribute(model, inputs, target, background)  # type: ignore[attr-defined]
 
     def _owen_options(self) -> dict[str, Any]:
         """The shared options as keyword arguments of ``partition_owen`` / ``shap_owen``."""
