@@ -34,13 +34,24 @@ def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = Non
     return int(value)
 
 
-def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: int | None = None) -> torch.Tensor:
-    """Validate an image batch and its targets; return targets as a ``[B]`` long tensor on the inputs' device.
+def check_inputs(
+    inputs: torch.Tensor,
+    target: torch.Tensor | int | list[int] | tuple[int, ...],
+    num_classes: int | None = None,
+    several: bool = False,
+) -> torch.Tensor:
+    """Validate an image batch and its targets; return targets as a long tensor on the inputs' device.
 
     Args:
         inputs: ``[B, C, H, W]`` floating-point images.
-        target: one class index per image (``[B]`` integer tensor) or one int for the whole batch.
+        target: one class index per image (``[B]`` integer tensor; ``[1]`` or a 0-d tensor is broadcast) or one
+            int for the whole batch. With ``several=True`` also ``T >= 1`` classes per image: a ``[B, T]`` integer
+            tensor (``[1, T]`` is broadcast) or a list/tuple of ints applied to every image.
         num_classes: when known, targets must lie in ``[0, num_classes)``.
+        several: accept several targets per image.
+
+    Returns:
+        ``[B]``, or ``[B, T]`` for a ``[B, T]`` tensor or a list/tuple (only with ``several=True``).
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor [B,C,H,W], got {type(inputs).__name__}")
@@ -49,25 +60,58 @@ def check_inputs(inputs: torch.Tensor, target: torch.Tensor | int, num_classes: 
     if not inputs.is_floating_point():
         raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
     batch = inputs.shape[0]
-    if isinstance(target, bool) or not isinstance(target, int | torch.Tensor):
-        raise TypeError(f"target must be an int or a [B] integer tensor, got {type(target).__name__}")
-    if isinstance(target, int):
+    expected = "an int, a [B] or [B,T] integer tensor, or a list of ints" if several else (
+        "an int or a [B] integer tensor")
+    if several and isinstance(target, list | tuple):
+        target_t = _class_list(target).to(inputs.device).expand(batch, -1)
+    elif isinstance(target, bool) or not isinstance(target, int | torch.Tensor):
+        raise TypeError(f"target must be {expected}, got {type(target).__name__}")
+    elif isinstance(target, int):
         target_t = torch.full((batch,), target, dtype=torch.long, device=inputs.device)
     else:
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-        target_t = target.reshape(-1).to(device=inputs.device, dtype=torch.long)
-        if target_t.numel() == 1 and batch != 1:
-            target_t = target_t.expand(batch)
-        if target_t.shape[0] != batch:
-            raise ValueError(
-                f"target has {target_t.shape[0]} entries (shape {list(target.shape)}) but inputs hold {batch} images"
-            )
+        if several and target.dim() == 2:
+            target_t = _target_matrix(target, batch).to(device=inputs.device, dtype=torch.long)
+        elif several and target.dim() > 2:
+            raise ValueError(f"target must be {expected}, got shape {list(target.shape)}")
+        else:
+            target_t = target.reshape(-1).to(device=inputs.device, dtype=torch.long)
+            if target_t.numel() == 1 and batch != 1:
+                target_t = target_t.expand(batch)
+            if target_t.shape[0] != batch:
+                raise ValueError(
+                    f"target has {target_t.shape[0]} entries (shape {list(target.shape)}) but inputs hold {batch} images"
+                )
     if target_t.numel() and int(target_t.min()) < 0:
         raise ValueError(f"target holds a negative class index {int(target_t.min())}")
     if num_classes is not None and target_t.numel() and int(target_t.max()) >= num_classes:
         raise ValueError(f"target holds class {int(target_t.max())} but the model has {num_classes} outputs")
     return target_t
+
+
+def _class_list(classes: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """A list/tuple of class indices as a ``[1, T]`` long tensor (``T >= 1``)."""
+    if len(classes) == 0:
+        raise ValueError(f"target {classes!r} names no class; give at least one")
+    for value in classes:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"target list must hold ints (class indices), got {value!r} ({type(value).__name__})")
+    return torch.tensor([int(v) for v in classes], dtype=torch.long).view(1, -1)
+
+
+def _target_matrix(target: torch.Tensor, batch: int) -> torch.Tensor:
+    """A ``[B, T]`` (or broadcast ``[1, T]``) target tensor checked against ``batch`` images."""
+    rows, count = target.shape
+    if count == 0:
+        raise ValueError(f"target of shape {list(target.shape)} names no class per image; T must be >= 1")
+    if rows == 1 and batch != 1:
+        return target.expand(batch, count)
+    if rows != batch:
+        raise ValueError(
+            f"target has {rows} rows (shape {list(target.shape)}) but inputs hold {batch} images"
+        )
+    return target
 
 
 def check_internal_batch_size(value: int | None) -> int | None:

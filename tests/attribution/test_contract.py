@@ -159,6 +159,64 @@ def test_bad_input_shape(name, model, inputs, device):
         make_explainer(name, device)(model, x[0], target[0])
 
 
+# --- several targets per call: [B,T] -> [B,T,C,H,W] ------------------------------------------------------
+
+SEVERAL = [[1, 4, 9], [0, 0, 3], [9, 2, 5]]  # per image; a class may repeat
+
+
+@pytest.mark.parametrize("name", available())
+def test_several_targets_equal_single_target_calls(name, model, inputs, device):
+    """Row t of a [B,T] call is the call with target[:, t] (keyed noise and references follow the image)."""
+    x, _ = inputs
+    target = torch.tensor(SEVERAL, device=device)
+    explainer = make_explainer(name, device)
+    several = explainer(model, x, target, target_rows=4)  # 9 rows in pieces of 4, 4 and 1
+    assert several.shape == (3, 3, *x.shape[1:])
+    assert several.device == x.device and several.dtype == x.dtype
+    scale = several.abs().max().item()
+    for t in range(target.shape[1]):
+        single = explainer(model, x, target[:, t])
+        torch.testing.assert_close(several[:, t], single, rtol=1e-5, atol=1e-5 * scale, msg=f"target column {t}")
+
+
+@pytest.mark.parametrize("name", available())
+def test_a_list_of_classes_applies_to_every_image(name, model, inputs, device):
+    x, _ = inputs
+    explainer = make_explainer(name, device, reduce_channels=True)
+    listed = explainer(model, x, [7, 2])
+    assert listed.shape == (3, 2, 1, *x.shape[2:])
+    scale = listed.abs().max().item()
+    for t, cls in enumerate((7, 2)):
+        torch.testing.assert_close(listed[:, t], explainer(model, x, cls), rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize(
+    "bad_target, error, match",
+    [
+        (torch.zeros(3, 0, dtype=torch.long), ValueError, r"shape \[3, 0\].*T must be >= 1"),
+        ([], ValueError, r"target \[\] names no class"),
+        (torch.tensor([[1, 2], [3, NUM_CLASSES], [0, 0]]), ValueError, "class 10 but the model has 10 outputs"),
+        ([3, -2], ValueError, "negative class index -2"),
+        (torch.tensor([[1, 2], [3, 4]]), ValueError, r"2 rows \(shape \[2, 2\]\) but inputs hold 3 images"),
+        (torch.tensor([[1.0, 2.0]] * 3), TypeError, "dtype torch.float32"),
+        ([1, 2.5], TypeError, r"ints \(class indices\), got 2.5"),
+        (torch.zeros(3, 2, 1, dtype=torch.long), ValueError, r"got shape \[3, 2, 1\]"),
+    ],
+)
+def test_bad_several_targets(name, model, inputs, device, bad_target, error, match):
+    x, _ = inputs
+    bad = bad_target.to(device) if isinstance(bad_target, torch.Tensor) else bad_target
+    with pytest.raises(error, match=match):
+        make_explainer(name, device)(model, x, bad)
+
+
+@pytest.mark.parametrize("rows", [0, -1, 2.0, True])
+def test_bad_target_rows(bn_dropout_model, images, rows):
+    with pytest.raises(ValueError, match=f"target_rows must be None or a positive int.*got {rows!r}"):
+        make_explainer("gradient", "cpu")(bn_dropout_model, images(2, 3, 12), [1, 2], target_rows=rows)
+
+
 def test_unknown_method_lists_available(bn_dropout_model, images):
     with pytest.raises(ValueError, match="unknown attribution method 'nope'") as err:
         attribute("nope", bn_dropout_model, images(1, 3, 12), 0)

@@ -44,7 +44,10 @@ def masked_images(
 
 
 class MaskedScorer:
-    """Evaluates the explained score on masked copies of the batch, ``internal_batch_size`` rows per call."""
+    """Evaluates the explained scores on masked copies of the batch, ``internal_batch_size`` rows per call.
+
+    ``target [B, T]``: the ``T`` classes explained for each image, all read from the same forward.
+    """
 
     def __init__(
         self,
@@ -62,9 +65,10 @@ class MaskedScorer:
     def __call__(
         self, nodes: torch.Tensor, words: torch.Tensor, images: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Scores ``[G, E]`` (float64) of coalitions ``nodes, words [G, E]`` of images ``images [G]``
+        """Scores ``[G, E, T]`` (float64) of coalitions ``nodes, words [G, E]`` of images ``images [G]``
         (``None``: all ``B`` images of the batch, ``G = B``)."""
         g, e = nodes.shape
+        count = self.target.shape[1]
         chunks = max(1, math.ceil(g * e / self.rows))
         per_chunk = math.ceil(g / chunks)
         scores = []
@@ -77,5 +81,6 @@ class MaskedScorer:
                 x, blurred, target = self.x[rows], self.blurred[rows], self.target[rows]
             batch = masked_images(self.tree, x, blurred, nodes[start:stop], words[start:stop])
             logits = self.model(batch.view(-1, *batch.shape[2:]))
-            scores.append(target_scores(logits, target.repeat_interleave(e), self.output))
-        return torch.cat(scores).view(g, e).to(torch.float64)
+            classes = target.repeat_interleave(e, dim=0).reshape(-1)  # row (image, coalition, t)
+            scores.append(target_scores(logits.repeat_interleave(count, dim=0), classes, self.output))
+        return torch.cat(scores).view(g, e, count).to(torch.float64)

@@ -123,7 +123,7 @@ class _LockstepSchedule:
 def _score_children(
     score: MaskedScorer, tree: ImageTree, node: torch.Tensor, ctx: torch.Tensor, valid: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores ``f10, f01 [B, P]`` of ``m00 + left`` and ``m00 + right`` for the popped entries (only the
+    """Scores ``f10, f01 [B, P, T]`` of ``m00 + left`` and ``m00 + right`` for the popped entries (only the
     ``valid`` ones are evaluated; the others get 0)."""
     child_nodes = torch.stack((tree.left[node], tree.right[node]), dim=2).flatten(1)
     child_words = (ctx | (1 << tree.inf_depth)).repeat_interleave(2, dim=1)
@@ -132,10 +132,11 @@ def _score_children(
     else:
         pairs = valid.repeat_interleave(2, dim=1)
         where = pairs.nonzero()
-        f = torch.zeros(child_nodes.shape, dtype=torch.float64, device=node.device)
+        outputs = score.target.shape[1]
+        f = torch.zeros((*child_nodes.shape, outputs), dtype=torch.float64, device=node.device)
         f[where[:, 0], where[:, 1]] = score(
             child_nodes[pairs].view(-1, 1), child_words[pairs].view(-1, 1), where[:, 0]
-        ).view(-1)
+        ).view(-1, outputs)
     return f[:, 0::2], f[:, 1::2]
 
 
@@ -152,6 +153,11 @@ def partition_owen(
 ) -> OwenResult:
     """Partition-SHAP Owen values of ``inputs [B, C, H, W]`` for classes ``target [B]`` (long), batched.
 
+    ``target [B, T]`` explains ``T`` classes of each image together, as shap does for a model with several
+    outputs: one queue per image whose priority is the largest change over the ``T`` outputs, every masked
+    image evaluated once and read for all of them, the ``max_evals`` budget shared; ``attributions`` are then
+    ``[B, T, C, H, W]`` and the values ``[B, T]``.
+
     Options as :class:`Partition`. The model is called as it is (put it in eval mode first). Returns an
     :class:`OwenResult` on the inputs' device; ``attributions`` in the inputs' dtype.
     """
@@ -165,7 +171,8 @@ def partition_owen(
     host_tree = image_tree(height, width, channels)
     x = inputs.detach().contiguous()
     blurred = box_blur(x, resolve_blur_kernel(blur_kernel, height, width)).contiguous()
-    score = MaskedScorer(model, x, blurred, target, tree, output, internal_batch_size)
+    targets = target.view(batch, -1)  # [B, T]
+    score = MaskedScorer(model, x, blurred, targets, tree, output, internal_batch_size)
     budget = max_evals - 2
     per_round = (batch_size + 1) // 2  # shap pops entries while it holds fewer than batch_size masks
     root, inf_bit = tree.root, 1 << tree.inf_depth
@@ -180,20 +187,20 @@ def partition_owen(
         torch.tensor(first_nodes, device=device).expand(batch, -1),
         torch.tensor(first_words, device=device).expand(batch, -1),
     )
-    base_values, full_values = f[:, 0], f[:, 1]
+    base_values, full_values = f[:, 0], f[:, 1]  # [B, T]
     evals = torch.full((batch,), len(first_nodes), dtype=torch.long, device=device)
-    queue = OwenQueue(batch, 1 + 4 * max(0, math.ceil(budget / 2)), device)
+    queue = OwenQueue(batch, 1 + 4 * max(0, math.ceil(budget / 2)), device, outputs=targets.shape[1])
     root_col = torch.full((batch, 1), root, dtype=torch.long, device=device)
     queue.push(
         root_col,
         torch.zeros_like(root_col),
         base_values[:, None],
         full_values[:, None],
-        torch.zeros_like(f[:, :1]),
+        torch.zeros((batch, 1), dtype=torch.float64, device=device),
     )
     if not expand_root:
         attributions = spread_to_features(tree, queue)
-        return _result(attributions, inputs, base_values, full_values, evals)
+        return _result(attributions, inputs, target, base_values, full_values, evals)
 
     node, ctx, f00, f11 = queue.take(torch.zeros((batch, 1), dtype=torch.long, device=device), None)
     queue.push(*expand_entries(tree, node, ctx, f00, f11, f[:, 2:3], f[:, 3:4], None))
@@ -223,18 +230,23 @@ def partition_owen(
         if pops is not None:
             schedule.advance(pops)
 
-    return _result(spread_to_features(tree, queue), inputs, base_values, full_values, evals)
+    return _result(spread_to_features(tree, queue), inputs, target, base_values, full_values, evals)
 
 
 def _result(
     features: torch.Tensor,
     inputs: torch.Tensor,
+    target: torch.Tensor,
     base_values: torch.Tensor,
     full_values: torch.Tensor,
     evals: torch.Tensor,
 ) -> OwenResult:
+    """``features [B, M, T]`` (HWC-flat) as ``[B, T, C, H, W]`` attributions, or ``[B, C, H, W]`` with the
+    values ``[B]`` for a ``[B]`` target."""
     batch, channels, height, width = inputs.shape
-    attributions = features.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    attributions = features.view(batch, height, width, channels, -1).permute(0, 4, 3, 1, 2)
+    if target.dim() == 1:
+        attributions, base_values, full_values = attributions[:, 0], base_values[:, 0], full_values[:, 0]
     return OwenResult(
         attributions=attributions.to(inputs.dtype).contiguous(),
         base_values=base_values,
@@ -257,6 +269,11 @@ class Partition(OwenOptionsMixin, Explainer):
         batch_size: masks per expansion round, shap's ``batch_size`` (default 10); it sets the expansion
             order (``ceil(batch_size / 2)`` nodes per round) and so the values, not only the speed.
         internal_batch_size: most masked images per model call; ``None``: 256 on CPU, 8192 on an accelerator.
+        joint_targets: how a several-target call (``target [B,T]``) is explained. ``False`` (default): each
+            (image, target) pair on its own, row ``t`` equal to the call with ``target[:, t]``. ``True``: shap's
+            multi-output Partition, one queue per image ordered by the largest change over the ``T`` outputs,
+            each masked image evaluated once for all of them and ``max_evals`` shared, so about ``T`` times
+            fewer model calls; a class's map then depends on which other classes are asked for.
         reduce_channels: return ``[B, 1, H, W]`` (sum over channels).
     """
 
@@ -269,10 +286,11 @@ class Partition(OwenOptionsMixin, Explainer):
         output: Output = "prob",
         batch_size: int = DEFAULT_BATCH_SIZE,
         internal_batch_size: int | None = None,
+        joint_targets: bool = False,
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
-        self._init_owen_options(max_evals, blur_kernel, output, batch_size)
+        self._init_owen_options(max_evals, blur_kernel, output, batch_size, joint_targets)
         check_internal_batch_size(internal_batch_size)
         self.internal_batch_size = internal_batch_size
 

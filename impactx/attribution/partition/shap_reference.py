@@ -67,6 +67,9 @@ def shap_owen(
 ) -> OwenResult:
     """shap's Partition explanation of ``inputs [B, C, H, W]`` for classes ``target [B]`` (long).
 
+    ``target [B, T]``: shap explains the ``T`` classes of each image at once, as the outputs of a
+    multi-output model (one queue per image, the budget shared); ``attributions [B, T, C, H, W]``.
+
     The model is called as it is (put it in eval mode first); returns an :class:`OwenResult` on the
     inputs' device, ``evals`` counting the rows shap passed to the model for each image.
     """
@@ -76,11 +79,13 @@ def shap_owen(
     _, channels, height, width = inputs.shape
     kh, kw = resolve_blur_kernel(blur_kernel, height, width)
     images = inputs.detach().permute(0, 2, 3, 1).to("cpu", torch.float32).numpy()  # shap's masker wants HWC
+    labels = target.view(images.shape[0], -1)  # [B, T]
+    several = target.dim() == 2
     values, base_values, full_values, evals = [], [], [], []
     with _numpy_seed(seed):
         for i in range(images.shape[0]):
             count = [0]
-            label = target[i : i + 1]
+            label = labels[i]
 
             def score(
                 batch_hwc: np.ndarray, label: torch.Tensor = label, count: list[int] = count
@@ -90,7 +95,10 @@ def shap_owen(
                 # flattens with .view() cannot take, so the model gets a contiguous NCHW copy.
                 x = torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2)
                 x = x.to(device=inputs.device, dtype=inputs.dtype, memory_format=torch.contiguous_format)
-                return target_scores(model(x), label.expand(len(x)), output).cpu().double().numpy()
+                logits = model(x).repeat_interleave(len(label), dim=0)
+                scores = target_scores(logits, label.repeat(len(x)), output).view(len(x), len(label))
+                # one class: a single-output model for shap ([n]), several: a multi-output one ([n, T])
+                return (scores if several else scores[:, 0]).cpu().double().numpy()
 
             # a fresh masker per image: shap caches the blurred image under id(x), which Python may reuse
             masker = shap.maskers.Image(f"blur({kw},{kh})", (height, width, channels))
@@ -99,18 +107,22 @@ def shap_owen(
                 images[i : i + 1], max_evals=max_evals, batch_size=batch_size, silent=True
             )
             values.append(
-                np.asarray(explanation.values[0], dtype=np.float64).reshape(height, width, channels)
+                np.asarray(explanation.values[0], dtype=np.float64).reshape(height, width, channels, -1)
             )
-            base_values.append(float(np.asarray(explanation.base_values).reshape(-1)[0]))
-            full_values.append(float(score(images[i : i + 1])[0]))
+            base_values.append(np.asarray(explanation.base_values, dtype=np.float64).reshape(-1))
+            full_values.append(np.asarray(score(images[i : i + 1])[0], dtype=np.float64).reshape(-1))
             count[0] -= 1  # the line above is not part of shap's budget
             evals.append(count[0])
     device = inputs.device
-    attributions = torch.from_numpy(np.stack(values)).permute(0, 3, 1, 2).to(device, inputs.dtype)
+    # [B, H, W, C, T] -> [B, T, C, H, W]
+    attributions = torch.from_numpy(np.stack(values)).permute(0, 4, 3, 1, 2).to(device, inputs.dtype)
+    base_values, full_values = np.stack(base_values), np.stack(full_values)  # [B, T]
+    if not several:
+        attributions, base_values, full_values = attributions[:, 0], base_values[:, 0], full_values[:, 0]
     return OwenResult(
         attributions=attributions.contiguous(),
-        base_values=torch.tensor(base_values, dtype=torch.float64, device=device),
-        full_values=torch.tensor(full_values, dtype=torch.float64, device=device),
+        base_values=torch.from_numpy(base_values).to(device),
+        full_values=torch.from_numpy(full_values).to(device),
         evals=torch.tensor(evals, dtype=torch.int64, device=device),
     )
 
@@ -125,6 +137,9 @@ class ShapPartition(OwenOptionsMixin, Explainer):
         output: ``"prob"`` (default), ``"logit"`` or ``"log_prob"`` score of the target class.
         batch_size: masks per expansion round (shap's ``batch_size``; it changes the expansion order).
         seed: seeds shap's random tie-breaks (``None``: use the global numpy RNG as it is).
+        joint_targets: for ``target [B,T]``, ``True`` hands shap all ``T`` classes of an image at once (shap's
+            multi-output explanation, one queue and budget shared); ``False`` (default): one shap run per
+            (image, target) pair, row ``t`` equal to the call with ``target[:, t]``.
         reduce_channels: return ``[B, 1, H, W]`` (sum over channels).
     """
 
@@ -137,10 +152,11 @@ class ShapPartition(OwenOptionsMixin, Explainer):
         output: Output = "prob",
         batch_size: int = DEFAULT_BATCH_SIZE,
         seed: int | None = 0,
+        joint_targets: bool = False,
         reduce_channels: bool = False,
     ) -> None:
         super().__init__(reduce_channels=reduce_channels)
-        self._init_owen_options(max_evals, blur_kernel, output, batch_size)
+        self._init_owen_options(max_evals, blur_kernel, output, batch_size, joint_targets)
         self.seed = seed
 
     def _attribute(
