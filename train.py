@@ -25,6 +25,7 @@ full traceback for the user errors too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -345,8 +346,10 @@ class ImpactxCLI(LightningCLI):
     def wandb_config(self, identity: RunIdentity) -> dict[str, Any]:
         """The W&B config: the run's identity and the subcommand's full resolved LightningCLI config (trainer, model,
         data, ``run`` options); Lightning adds the model's and data module's hyperparameters at fit/test start."""
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        return {"identity": identity.as_config(), "cli": json_safe(config)}
+        config = json_safe(self.config.get(self.subcommand) if self.subcommand else self.config)
+        if self.subcommand == "run":  # every run option, the defaults too (the parsed value is None when none is given)
+            config["run"] = json_safe(dataclasses.asdict(options_from("run", config.get("run"))))
+        return {"identity": identity.as_config(), "cli": config}
 
     def instantiate_classes(self) -> None:
         self.run_folders = RunFolders(self._log_roots())

@@ -170,6 +170,7 @@ def test_default_experiment_offline_runs_hold_curves_gallery_config_and_export(t
     assert cli["model"]["class_path"] == "impactx.modules.ImpactxModule"
     assert cli["model"]["init_args"]["target_options"] == {"max_evals": 16}
     assert cli["run"]["gallery_images"] == 2 and cli["seed_everything"] == 0
+    assert cli["run"]["name"] is None and cli["run"]["eval_explainer"] == {"partition": {"max_evals": 16}}
     assert config["lam"] == 1.0 and config["backbone"] == "lenet5"  # the module's hparams
     assert config["batch_size"] == 64  # the data module's
 
