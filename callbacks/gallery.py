@@ -42,7 +42,7 @@ class ExplanationGallery(ExplanationCallback):
     ``{filename}_{stage}_epoch{E:03d}.png`` and ``.csv`` (:data:`GALLERY_COLUMNS`: per image and source the MoRF
     AOPC and curve) in the run's log folder (atomically). With a ``WandbLogger`` attached it logs the figure
     (``{stage}_gallery``), each image and each map as a ``wandb.Image`` captioned with the image's position, the
-    predicted class and its probability, the label, the map's source and its MoRF AOPC (``{stage}_gallery/maps``),
+    label, the predicted class and its probability, the map's source and its MoRF AOPC (``{stage}_gallery/maps``),
     and the CSV's rows as a table (``{stage}_gallery/table``). The figure of the last run is kept in
     :attr:`last_figure`, its paths in :attr:`last_file` (PNG) and :attr:`last_csv`.
 
@@ -146,20 +146,27 @@ class ExplanationGallery(ExplanationCallback):
         self.last_csv = write_csv(stem.with_suffix(".csv"), rows, GALLERY_COLUMNS)
         logger = find_wandb_logger(trainer) if self.log_wandb else None
         if logger is not None:
-            step = trainer.global_step
-            log_wandb_image(logger, f"{stage}_gallery", self.last_file, step, title)
-            pixels, captions = [], []
-            aopcs = {(r["position"], r["source"]): r["value"] for r in rows if r["quantity"] == "morf_aopc"}
-            for i, position in enumerate(data["positions"].tolist()):
-                pixels.append(image_pixels(images[i]))
-                captions.append(f"image {position}: {titles[i]}".replace("\n", " "))
-                for source, source_maps in maps.items():
-                    pixels.append(map_pixels(source_maps[i]))
-                    captions.append(f"{source} map, image {position}: {titles[i]}; MoRF AOPC "
-                                    f"{aopcs[(position, source)]:.3f}".replace("\n", " "))
-            log_wandb_images(logger, f"{stage}_gallery/maps", pixels, captions, step)
-            logger.log_table(key=f"{stage}_gallery/table", columns=list(GALLERY_COLUMNS),
-                             data=[[None if r[c] == "" else r[c] for c in GALLERY_COLUMNS] for r in rows], step=step)
+            self._log_wandb(logger, stage, trainer.global_step, title, images, maps, rows)
+
+    def _log_wandb(self, logger: Any, stage: str, step: int, title: str, images: torch.Tensor,
+                   maps: dict[str, torch.Tensor], rows: list[dict[str, Any]]) -> None:
+        """The figure; each image (``[N,H,W,C]`` displayable) and each map (``{source: [N,H,W]}``) as a
+        ``wandb.Image`` captioned with the CSV row's numbers; the CSV rows as a table."""
+        log_wandb_image(logger, f"{stage}_gallery", self.last_file, step, title)
+        pixels, captions = [], []
+        aopcs = {(r["position"], r["source"]): r for r in rows if r["quantity"] == "morf_aopc"}
+        positions = list(dict.fromkeys(position for position, _ in aopcs))
+        for i, position in enumerate(positions):
+            row = next(r for (p, _), r in aopcs.items() if p == position)
+            about = f"image {position}: label {row['label']}, predicted {row['prediction']} ({row['probability']:.2f})"
+            pixels.append(image_pixels(images[i]))
+            captions.append(about)
+            for source, source_maps in maps.items():
+                pixels.append(map_pixels(source_maps[i]))
+                captions.append(f"{source} map, {about}, MoRF AOPC {aopcs[(position, source)]['value']:.3f}")
+        log_wandb_images(logger, f"{stage}_gallery/maps", pixels, captions, step)
+        logger.log_table(key=f"{stage}_gallery/table", columns=list(GALLERY_COLUMNS),
+                         data=[[None if r[c] == "" else r[c] for c in GALLERY_COLUMNS] for r in rows], step=step)
 
     @staticmethod
     def _rows(data: dict[str, torch.Tensor], curves: dict[str, torch.Tensor], x: torch.Tensor, stage: str,

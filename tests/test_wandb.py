@@ -206,8 +206,9 @@ def test_default_experiment_offline_runs_hold_curves_gallery_config_and_export(t
     assert len(list(files.glob("media/images/test_gallery/maps_*.png"))) == 6
     assert list(files.glob("media/images/test_gallery_*.png"))  # the whole figure
     for (position, source), row in aopc.items():
-        expected = (f"{source} map, image {position}: {row['prediction']}: {float(row['probability']):.2f} "
-                    f"(label {row['label']}); MoRF AOPC {float(row['value']):.3f}")
+        about = f"image {position}: label {row['label']}, predicted {row['prediction']} ({float(row['probability']):.2f})"
+        assert about in captions, (about, captions)
+        expected = f"{source} map, {about}, MoRF AOPC {float(row['value']):.3f}"
         assert expected in captions, (expected, captions)
     gallery_table = _table(files, "test_gallery/table")
     assert len(gallery_table["data"]) == len(_read_csv(gallery_csv))
