@@ -25,6 +25,7 @@ full traceback for the user errors too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -45,6 +46,16 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from impactx.data import DatasetNotFoundError, ImageDataModule
 from impactx.export import ArtifactError, ExportError
+from impactx.loggers import (
+    RunIdentity,
+    dataset_name,
+    describe_wandb_runs,
+    finish_wandb_runs,
+    json_safe,
+    log_export_artifact,
+    model_name,
+    wandb_loggers,
+)
 from impactx.maps import MapStoreError
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.progress import MapPassProgressBar
@@ -320,7 +331,25 @@ class ImpactxCLI(LightningCLI):
         stage = {"maps": "fit", "run": "fit"}.get(self.subcommand, self.subcommand) or self.check_stage
         if stage is not None:
             self.check_inputs(stage)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand not in ("maps", "run"):  # `run` names each step's W&B run in stage_loggers
+            identity = self.run_identity(None, job=self.subcommand or "fit")
+            describe_wandb_runs(trainer.loggers, identity, self.wandb_config(identity))
+        return trainer
+
+    def run_identity(self, stage: str | None, job: str | None = None) -> RunIdentity:
+        """The W&B run of ``stage`` (``None``: a plain subcommand): experiment, model, data set, seed."""
+        experiment = getattr(self, "_experiment", None) or self._experiment_name()
+        return RunIdentity(experiment, model_name(self.model), dataset_name(self.datamodule), self._run_seed(),
+                           stage, job)
+
+    def wandb_config(self, identity: RunIdentity) -> dict[str, Any]:
+        """The W&B config: the run's identity and the subcommand's full resolved LightningCLI config (trainer, model,
+        data, ``run`` options); Lightning adds the model's and data module's hyperparameters at fit/test start."""
+        config = json_safe(self.config.get(self.subcommand) if self.subcommand else self.config)
+        if self.subcommand == "run":  # every run option, the defaults too (the parsed value is None when none is given)
+            config["run"] = json_safe(dataclasses.asdict(options_from("run", config.get("run"))))
+        return {"identity": identity.as_config(), "cli": config}
 
     def instantiate_classes(self) -> None:
         self.run_folders = RunFolders(self._log_roots())
@@ -401,26 +430,13 @@ class ImpactxCLI(LightningCLI):
 
     def stage_trainer(self, stage: str, *, max_epochs: int | None = None, callbacks: Any = (),
                       checkpoint_dir: Path | None = None, log: bool = True) -> Trainer:
-        """A fresh trainer for one step of ``run``, from the ``--trainer.*`` configuration: its loggers with the
-        step in their version (CSV, TensorBoard: ``<name>/seed<seed>-<stage>``) or run name (W&B:
-        ``<name>-seed<seed>-<stage>``, grouped by ``<name>-seed<seed>``), its callbacks new, ``ModelCheckpoint``
+        """A fresh trainer for one step of ``run``, from the ``--trainer.*`` configuration: its loggers
+        (:meth:`stage_loggers`), its callbacks new, ``ModelCheckpoint``
         writing into ``checkpoint_dir`` (dropped when ``None``). ``<name>`` is the experiment's (``--run.name``,
         else the logger's), so two experiments of one config never share a log folder."""
-        run_id = f"seed{self._run_seed()}"
-        experiment = getattr(self, "_experiment", None)
         trainer_config = self._get(self.config, "trainer")
         kwargs = {k: v for k, v in self._get(self.config_init, "trainer").items() if k not in ("logger", "callbacks")}
-        loggers = []
-        for config in self._logger_configs() if log else []:
-            init_args = dict(config.get("init_args") or {})
-            if experiment:
-                init_args["name"] = experiment
-            if config["class_path"].endswith("WandbLogger"):
-                name = init_args.get("name") or "run"
-                init_args.update(name=f"{name}-{run_id}-{stage}", group=f"{name}-{run_id}")
-            else:
-                init_args["version"] = f"{run_id}-{stage}"
-            loggers.append(instantiate_class((), {"class_path": config["class_path"], "init_args": init_args}))
+        loggers = self.stage_loggers(stage) if log else []
         stage_callbacks = []
         configured = trainer_config.get("callbacks") or []
         for config in configured if isinstance(configured, list) else [configured]:
@@ -443,6 +459,35 @@ class ImpactxCLI(LightningCLI):
         if stage.startswith("test"):
             kwargs["inference_mode"] = False  # gradient reference explainers (ig, eg) at evaluation
         return ImpactxTrainer(**kwargs)
+
+    def stage_loggers(self, stage: str, wandb_only: bool = False) -> list[Any]:
+        """The configured loggers of one step of ``run``: CSV, TensorBoard with version ``seed<seed>-<stage>``; W&B
+        named by :meth:`run_identity` (``<experiment>-<model>-<dataset>-seed<k>-<stage>``, group ``<experiment>``,
+        job type the stage) with the full config."""
+        experiment = getattr(self, "_experiment", None)
+        loggers = []
+        for config in self._logger_configs():
+            is_wandb = config["class_path"].endswith("WandbLogger")
+            if wandb_only and not is_wandb:
+                continue
+            init_args = dict(config.get("init_args") or {})
+            if experiment:
+                init_args["name"] = experiment
+            if not is_wandb:
+                init_args["version"] = f"seed{self._run_seed()}-{stage}"
+            loggers.append(instantiate_class((), {"class_path": config["class_path"], "init_args": init_args}))
+        identity = self.run_identity(stage)
+        describe_wandb_runs(loggers, identity, self.wandb_config(identity))
+        return loggers
+
+    def log_export(self, description_path: Path) -> None:
+        """Log the export folder of ``description_path`` as a W&B model artifact in a run of its own (job type
+        ``export``) when a W&B logger is configured; recorded offline, uploaded online."""
+        loggers = self.stage_loggers("export", wandb_only=True)
+        for logger in wandb_loggers(loggers)[:1]:
+            description = json.loads(description_path.read_text())
+            log_export_artifact(logger, description_path.parent, description, self.run_identity("export"))
+        finish_wandb_runs(loggers)
 
     def _model_hparam(self, name: str, default: Any) -> Any:
         return getattr(self.model, "hparams", {}).get(name, default)
@@ -491,13 +536,14 @@ def run_default(extra_args: list[str] | None = None) -> dict[str, Any]:
     results = cli.run_results
     if cli.trainer.is_global_zero:
         print(summary_text(results))
-        print(export_default(results, cli.datamodule))
+        print(export_default(results, cli.datamodule, on_export=cli.log_export))
     return results
 
 
-def export_default(results: dict[str, Any], datamodule: Any) -> str:
-    """Export the default experiment's model (``<run>/export/``, torch.export) with a test image beside it;
-    returns the lines that say where they are and the ``explain`` command to try."""
+def export_default(results: dict[str, Any], datamodule: Any, on_export: Any = None) -> str:
+    """Export the default experiment's model (``<run>/export/``, torch.export) with a test image beside it, then
+    call ``on_export(description_path)`` (e.g. :meth:`ImpactxCLI.log_export`); returns the lines that say where
+    they are and the ``explain`` command to try."""
     from impactx.export import export_checkpoint
     from impactx.export.explain import save_example_image
 
@@ -505,6 +551,8 @@ def export_default(results: dict[str, Any], datamodule: Any) -> str:
     folder = checkpoint.parent / "export"
     description = export_checkpoint(checkpoint, "exported_program", folder)
     image = save_example_image(datamodule, folder, position=0)
+    if on_export is not None:
+        on_export(description)
     return (f"  self-explaining export: {description.parent / json.loads(description.read_text())['artifact']}\n"
             f"  explain a test image: python train.py explain --model {folder} {image}")
 

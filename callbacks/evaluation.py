@@ -84,8 +84,9 @@ class ExplanationEvaluation(ExplanationCallback):
       (e.g. ``test_eval/ig/morf_aopc``, ``test_eval/self/sparseness``, ``test_eval/model/noise_accuracy_mean``);
     - on rank zero, in the run's log folder: ``{filename}_{stage}_epoch{E:03d}.csv`` (:data:`CSV_COLUMNS`)
       and ``.png`` (one panel per curve metric, a line per source), both written atomically;
-    - with a ``WandbLogger`` attached: the curve table, a ``wandb.plot.line_series`` per curve metric and the
-      PNG (works offline).
+    - with a ``WandbLogger`` attached: ``{stage}_{prefix}/curves``, a ``wandb.Table`` of the CSV's curve points;
+      per curve metric ``{stage}_{prefix}/{metric}_curve``, a ``wandb.plot.line`` (one line per source) over a
+      table of the same points; and the PNG (works offline).
 
     Gradient explainers need ``Trainer(inference_mode=False)``; an error at ``on_test_start`` /
     ``on_validation_start`` says so. The results of the last run stay in :attr:`results` (``{stage:
@@ -193,7 +194,7 @@ class ExplanationEvaluation(ExplanationCallback):
             key = f"{stage}_{self.prefix}"
             curve_rows = [(r["source"], r["metric"], r["x"], r["value"]) for r in rows if r["quantity"] == "curve"]
             wandb_panels = {
-                metric: {"title": p.title, "x_label": p.x_label, "x": p.x.tolist(),
+                metric: {"title": p.title, "x_label": p.x_label, "y_label": p.y_label, "x": p.x.tolist(),
                          "series": {s: y.tolist() for s, y in p.series.items()}}
                 for metric, p in panels.items()
             }

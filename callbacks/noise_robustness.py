@@ -356,7 +356,8 @@ class NoiseRobustness(Callback):
         rows = [(r["label"], r["noise_level"], r["accuracy"]) for r in merged_rows(self.curves)]
         levels = tuple(round(level, _LEVEL_DIGITS) for level in self.noise_levels)
         series = {c.label: list(c.mean) for c in self.curves.values() if c.levels == levels}
-        panel = {"title": "Accuracy under Gaussian noise", "x_label": "noise std", "x": list(levels), "series": series}
+        panel = {"title": "Accuracy under Gaussian noise", "x_label": "noise std", "y_label": "accuracy",
+                 "series_label": "label", "x": list(levels), "series": series}
         log_wandb_curves(logger, "test_noise", NOISE_COLUMNS, rows, {"noise_accuracy": panel}, step)
         log_wandb_image(logger, "test_noise/figure", self.last_files["png"], step, "accuracy under Gaussian noise")
 

@@ -71,26 +71,37 @@ def log_wandb_curves(
     logger: Any, key: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
     curves: Mapping[str, Mapping[str, Any]], step: int,
 ) -> None:
-    """Log the curve rows as a ``wandb.Table`` (``logger.log_table``) and one ``wandb.plot.line_series`` per
-    curve metric. ``curves``: ``{metric: {"title", "x_label", "x" [S], "series": {source: y [S]}}}``."""
+    """Log the curve points as W&B tables and line plots: ``{key}/curves``, a ``wandb.Table`` of ``rows`` (the
+    same points as the callback's CSV, columns ``columns``), and per curve metric ``{key}/{metric}_curve``, a
+    ``wandb.plot.line`` over a table of ``(series, x, y)`` named by the panel's labels, one line per series.
+
+    ``curves``: ``{metric: {"title", "x_label", "y_label", "series_label", "x" [S], "series": {name: y [S]}}}``
+    (``y_label`` default ``"value"``, ``series_label`` default ``"source"``).
+    """
     import wandb
 
     logger.log_table(key=f"{key}/curves", columns=list(columns), data=[list(r) for r in rows], step=step)
     plots = {}
     for metric, panel in curves.items():
-        series = panel["series"]
-        plots[f"{key}/{metric}_curve"] = wandb.plot.line_series(
-            xs=[float(v) for v in panel["x"]],
-            ys=[[float(v) for v in y] for y in series.values()],
-            keys=list(series),
-            title=panel["title"],
-            xname=panel["x_label"],
-        )
+        x_name = panel.get("x_label") or "x"
+        y_name = panel.get("y_label") or "value"
+        series_name = panel.get("series_label") or "source"
+        data = [[name, float(x), float(y)] for name, ys in panel["series"].items()
+                for x, y in zip(panel["x"], ys, strict=True)]
+        table = wandb.Table(columns=[series_name, x_name, y_name], data=data)
+        plots[f"{key}/{metric}_curve"] = wandb.plot.line(table, x_name, y_name, stroke=series_name,
+                                                        title=panel["title"])
     if plots:
         logger.log_metrics(plots, step=step)
 
 
 def log_wandb_image(logger: Any, key: str, path: Path, step: int, caption: str = "") -> None:
     """Log the PNG at ``path`` as a W&B image."""
-    extra = {"caption": [caption]} if caption else {}
-    logger.log_image(key=key, images=[str(path)], step=step, **extra)
+    log_wandb_images(logger, key, [str(path)], [caption] if caption else None, step)
+
+
+def log_wandb_images(logger: Any, key: str, images: Sequence[Any], captions: Sequence[str] | None, step: int) -> None:
+    """Log ``images`` (paths or ``[H,W,3]`` / ``[H,W]`` uint8 arrays) under ``key`` as one list of ``wandb.Image``,
+    each with its caption."""
+    extra = {"caption": list(captions)} if captions else {}
+    logger.log_image(key=key, images=list(images), step=step, **extra)

@@ -6,7 +6,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from callbacks.outputs import new_figure
@@ -115,3 +117,26 @@ def plot_gallery(
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     return figure
+
+
+def _upscaled(array: np.ndarray, min_size: int) -> np.ndarray:
+    """``array [H,W,...]`` repeated (nearest neighbour) so its shorter side is at least ``min_size`` pixels."""
+    factor = max(1, -(-min_size // min(array.shape[:2])))
+    return array.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def image_pixels(image: torch.Tensor, min_size: int = 128) -> np.ndarray:
+    """A displayable ``image [H,W,C]`` in ``[0, 1]`` (:func:`display_images`) as uint8 ``[H',W',3]``."""
+    array = image.detach().cpu().float().clamp(0, 1).numpy()
+    if array.shape[-1] == 1:
+        array = array.repeat(3, axis=-1)
+    return _upscaled((array[..., :3] * 255).round().astype(np.uint8), min_size)
+
+
+def map_pixels(attribution: torch.Tensor, min_size: int = 128) -> np.ndarray:
+    """A map ``[H,W]`` as uint8 RGB ``[H',W',3]`` in the gallery's colours: ``bwr`` centred on zero, bound at the
+    map's largest magnitude (red: evidence for the class, blue: against)."""
+    m = attribution.detach().cpu().float()
+    bound = float(m.abs().max().clamp_min(1e-12))
+    rgb = colormaps["bwr"](((m / bound + 1) / 2).clamp(0, 1).numpy())[..., :3]
+    return _upscaled((rgb * 255).round().astype(np.uint8), min_size)

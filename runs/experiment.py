@@ -43,6 +43,7 @@ from callbacks.gallery import ExplanationGallery
 from callbacks.map_refresh import MapRefresh
 from callbacks.target_error import TargetMapError
 from impactx.core import check_int
+from impactx.loggers import finish_wandb_runs
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.store import MapStore
 from impactx.modules.attribution_prior import AttributionPriorModule
@@ -175,6 +176,7 @@ class ExperimentRunner:
             shutil.copyfile(best, tmp)
         if trainer.is_global_zero:
             os.replace(tmp, final)
+        finish_wandb_runs(trainer.loggers)  # each step is a W&B run of its own (RunIdentity's stage, job type)
         trainer.strategy.barrier(f"{stage}-checkpoint")
         self.say(f"{stage}: {final}" + (f" (best: {Path(best).name})" if best else ""))
         return final
@@ -211,6 +213,7 @@ class ExperimentRunner:
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         if trainer.is_global_zero and metrics:
             record_test_metrics(ckpt_path, metrics)
+        finish_wandb_runs(trainer.loggers)
         trainer.strategy.barrier(f"{stage}-metrics")
         return metrics
 
