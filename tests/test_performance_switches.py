@@ -101,7 +101,7 @@ def test_channels_last_gives_the_same_outputs_and_gradients(cls, one_thread) -> 
     plain.train(), fast.train()
     for module, images in ((plain, x), (fast, batch[0])):
         F.cross_entropy(module(images), labels).backward()
-    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
 
