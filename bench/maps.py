@@ -15,6 +15,10 @@ counted with torch's FLOP counter (``torch.utils.flop_counter.FlopCounterMode``:
 few images; ``achieved`` = that times the pass's images per second; ``peak`` = the FLOP/s of a large square
 fp32 matmul measured on this device in the same process (a practical peak, not a data-sheet number; on CUDA the
 card's nominal bf16 and fp32 peaks are given too) and ``of peak`` = achieved / peak.
+
+A third table compares the maps of the same images made under bf16 autocast (what a ``bf16-mixed`` trainer's map
+pass does) with fp32 maps: the largest difference relative to the largest fp32 value, and the smallest per-image
+Pearson correlation.
 """
 
 from __future__ import annotations
@@ -113,6 +117,19 @@ def flops_per_image(model: torch.nn.Module, images: torch.Tensor, device: torch.
     return counted_flops(lambda: explainer(model, images, labels)) / len(images)
 
 
+def bf16_map_error(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """(max |bf16 - fp32| / max |fp32|, min per-image Pearson r) of partition maps of ``images [k,C,H,W]``."""
+    from bench.gpu_check import pearson_min
+
+    images = images.to(device)
+    labels = torch.zeros(len(images), dtype=torch.long, device=device)
+    explainer = create_explainer("partition", max_evals=MAX_EVALS)
+    fp32 = explainer(model, images, labels).float()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        bf16 = explainer(model, images, labels).float()
+    return float((bf16 - fp32).abs().max() / fp32.abs().max()), pearson_min(bf16, fp32)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     print(f"device: {device_name(device)}; partition at {MAX_EVALS} evaluations; {args.repeats} repeats")
-    rows, flop_rows = [], []
+    rows, flop_rows, bf16_rows = [], [], []
     peak = measured_matmul_flops(device)
     for name in args.models:
         if name == "lenet5":
@@ -150,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             forward = counted_flops(lambda: model(sample[:1].to(device)))
         achieved = flops * statistics.median(rates)
+        error, pearson = bf16_map_error(model, sample, device)
+        bf16_rows.append([name, len(sample), MAX_EVALS, f"{error:.3g}", f"{pearson:.4f}"])
         flop_rows.append([name, f"{forward / 1e6:.3g}", expansion_evals(MAX_EVALS), f"{flops / 1e9:.3g}",
                           f"{achieved / 1e9:.3g}", f"{peak / 1e9:.4g}", f"{achieved / peak:.3f}"])
         rows.append([
@@ -172,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         ["model", "fwd MFLOP/img", "evals/img", "GFLOP/img", "achieved GFLOP/s", "peak GFLOP/s", "of peak"],
         flop_rows,
     )
+    print_table(f"partition maps under bf16 autocast vs fp32, {device_name(device)}",
+                ["model", "images", "max_evals", "max |diff| / max |fp32|", "min Pearson r"], bf16_rows)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _optimizer(module: BaseModule) -> torch.optim.Optimizer:
 def step_fn(module: BaseModule, batch: tuple[torch.Tensor, ...], bf16: bool) -> Callable[[], None]:
     """One optimisation step of ``module`` on ``batch`` (bf16 autocast around the forward when asked)."""
     optimizer = _optimizer(module)
-    batch = module.on_after_batch_transfer(batch if isinstance(module, ImpactxModule) else batch[:3], 0)
+    batch = batch if isinstance(module, ImpactxModule) else batch[:3]  # training_step does channels_last
     device = batch[0].device
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 

@@ -38,6 +38,13 @@ def test_unset_precision_is_32_true_elsewhere(monkeypatch, available, bf16, acce
     assert resolve_precision(None, accelerator) == "32-true"
 
 
+def test_the_map_pass_stays_fp32_unless_configured(monkeypatch) -> None:
+    _cuda(monkeypatch, available=True, bf16=True)
+    assert resolve_precision(None, "auto", stage="maps") == "32-true"
+    assert resolve_precision("bf16-mixed", "auto", stage="maps") == "bf16-mixed"
+    assert resolve_precision(None, "auto", stage="test") == "bf16-mixed"
+
+
 def test_a_configured_precision_is_kept(monkeypatch) -> None:
     _cuda(monkeypatch, available=True, bf16=True)
     assert resolve_precision("32-true", "auto") == "32-true"
@@ -94,7 +101,7 @@ def test_channels_last_gives_the_same_outputs_and_gradients(cls, one_thread) -> 
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 3])
-    batch = fast.on_after_batch_transfer((x, labels, torch.arange(4)), 0)
+    batch = fast.channels_last_batch((x, labels, torch.arange(4)))
     assert batch[0].is_contiguous(memory_format=torch.channels_last) and torch.equal(batch[0], x)
     plain.eval(), fast.eval()
     torch.testing.assert_close(fast(batch[0]), plain(x), rtol=1e-4, atol=1e-5)
@@ -109,9 +116,21 @@ def test_channels_last_gives_the_same_outputs_and_gradients(cls, one_thread) -> 
 def test_channels_last_leaves_other_batch_entries_alone() -> None:
     module = ClassifierModule(channels_last=True)
     maps = torch.rand(2, 1, 32, 32)
-    batch = module.on_after_batch_transfer((torch.rand(2, 1, 32, 32), torch.zeros(2), torch.arange(2), maps), 0)
+    batch = module.channels_last_batch((torch.rand(2, 1, 32, 32), torch.zeros(2), torch.arange(2), maps))
     assert batch[3] is maps
-    assert ClassifierModule().on_after_batch_transfer(batch, 0) is batch  # off: untouched
+    assert ClassifierModule().channels_last_batch(batch) is batch  # off: untouched
+
+
+def test_the_training_and_predict_steps_feed_channels_last_images(recwarn) -> None:
+    module = ClassifierModule(in_chans=3, channels_last=True)
+    module.apply_speed_switches()
+    seen = []
+    module.model.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    batch = (torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), torch.arange(2))
+    module.training_step(batch, 0)  # logs nothing without a trainer (a warning)
+    module.predict_step(batch, 0)
+    assert seen == [True, True]
 
 
 @pytest.mark.slow

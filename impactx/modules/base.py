@@ -50,9 +50,11 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_
 _RESERVED_PREDICTIONS = ("probs", "index")
 
 
-def resolve_precision(precision: str | int | None, accelerator: Any = "auto") -> str | int:
+def resolve_precision(precision: str | int | None, accelerator: Any = "auto", stage: str = "fit") -> str | int:
     """The trainer precision of a run: ``precision`` itself when set, else ``"bf16-mixed"`` where the run lands on
-    a CUDA device that supports bfloat16 and ``"32-true"`` elsewhere (CPU, MPS, older GPUs).
+    a CUDA device that supports bfloat16 and ``"32-true"`` elsewhere (CPU, MPS, older GPUs), and always
+    ``"32-true"`` for the map pass (``stage="maps"``): Partition SHAP's values are differences of model outputs
+    that bf16 rounds away (``python -m bench.maps`` measures the maps' correlation with fp32 ones).
 
     bf16 rather than fp16 because several losses here contain ``autograd.grad`` terms (the attribution prior):
     ``16-mixed``'s loss scaler does not scale an inner gradient, bf16 needs no scaler (``docs/performance.md``).
@@ -61,9 +63,12 @@ def resolve_precision(precision: str | int | None, accelerator: Any = "auto") ->
         precision: the configured ``trainer.precision`` (``None``: unset).
         accelerator: the configured ``trainer.accelerator`` (``"auto"``, ``"gpu"``, ``"cuda"``, ``"cpu"``, ...,
             or an ``Accelerator`` instance); only ``"auto"``, ``"gpu"`` and ``"cuda"`` can land on CUDA.
+        stage: what the trainer is for: ``"fit"``, ``"test"``, ... or ``"maps"``.
     """
     if precision is not None:
         return precision
+    if stage == "maps":
+        return "32-true"
     name = accelerator if isinstance(accelerator, str) or accelerator is None else type(accelerator).__name__.lower()
     may_use_cuda = name in (None, "auto", "gpu", "cuda") or str(name).startswith("cuda")
     if may_use_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -181,12 +186,6 @@ class BaseModule(L.LightningModule):
         overriding it call ``super()``)."""
         self.apply_speed_switches()
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``channels_last``, the batch's images (its first entry, ``[B,C,H,W]``) in channels-last format."""
-        if self.channels_last and isinstance(batch, list | tuple) and batch and _is_image_batch(batch[0]):
-            batch = type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
-        return batch
-
     def setup(self, stage: str) -> None:
         """Check the trainer's data module against the model (subclasses overriding it call ``super()``)."""
         self.check_datamodule(getattr(self.trainer, "datamodule", None) if self._trainer is not None else None)
@@ -208,6 +207,7 @@ class BaseModule(L.LightningModule):
                 f"predict batches must be (image, label, index, ...) so predictions join to items; got {len(batch)} "
                 "entries (wrap the dataset in impactx.data.IndexedDataset)"
             )
+        batch = self.channels_last_batch(batch)
         images, index = batch[0], batch[2]
         if index.shape != (images.shape[0],):
             raise ValueError(f"index must have shape [B] = [{images.shape[0]}], got {list(index.shape)}")
@@ -238,6 +238,14 @@ class BaseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -------------------------------------------------------------------------------------- helpers
+    def channels_last_batch(self, batch: Any) -> Any:
+        """With ``channels_last``, the batch with its images (first entry, ``[B,C,H,W]``) in channels-last format;
+        the batch itself otherwise. Called by the train, val, test and predict steps (not a batch-transfer hook,
+        which would displace a data module's own)."""
+        if self.channels_last and isinstance(batch, list | tuple) and batch and _is_image_batch(batch[0]):
+            batch = type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
+        return batch
+
     def apply_speed_switches(self) -> None:
         """Put 4-d weights in channels-last format (``channels_last``) and compile the forward (``compile``);
         once per module, after the subclass has built its networks."""
@@ -289,6 +297,7 @@ class BaseModule(L.LightningModule):
                 )
 
     def _shared_step(self, batch: Batch, stage: Stage) -> torch.Tensor:
+        batch = self.channels_last_batch(batch)
         out = self.compute_loss(batch, stage)
         self.log_loss_and_accuracy(stage, out.loss, out.logits, batch[1], out.terms)
         return out.loss
