@@ -311,7 +311,8 @@ class ImpactxCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             bar = MapPassProgressBar(self._map_batch_size()) if self.subcommand == "maps" else RichProgressBar()
             callbacks = [*callbacks, bar]
-        precision = resolve_precision(config.get("precision"), config.get("accelerator"), stage=self.subcommand or "fit")
+        precision = resolve_precision(config.get("precision"), config.get("accelerator"), stage=self.subcommand or "fit",
+                                      double_backward=getattr(getattr(self, "model", None), "double_backward", False))
         config = {**config, "precision": precision}
         self.first_step = _FirstStep()
         return super()._instantiate_trainer(config, [*callbacks, self.first_step])
@@ -441,7 +442,8 @@ class ImpactxCLI(LightningCLI):
                                    else RichProgressBar())
         kwargs.update(logger=loggers or False, callbacks=[*stage_callbacks, self.first_step],
                       enable_checkpointing=checkpoint_dir is not None)
-        kwargs["precision"] = resolve_precision(kwargs.get("precision"), kwargs.get("accelerator"), stage=stage)
+        kwargs["precision"] = resolve_precision(kwargs.get("precision"), kwargs.get("accelerator"), stage=stage,
+                                                double_backward=getattr(self.model, "double_backward", False))
         if max_epochs is not None:
             kwargs["max_epochs"] = max_epochs
         if stage.startswith("test"):

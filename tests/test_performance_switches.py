@@ -45,6 +45,13 @@ def test_the_map_pass_stays_fp32_unless_configured(monkeypatch) -> None:
     assert resolve_precision(None, "auto", stage="test") == "bf16-mixed"
 
 
+def test_double_backward_losses_stay_fp32_unless_configured(monkeypatch) -> None:
+    _cuda(monkeypatch, available=True, bf16=True)
+    assert AttributionPriorModule.double_backward and not ClassifierModule.double_backward
+    assert resolve_precision(None, "auto", double_backward=True) == "32-true"
+    assert resolve_precision("bf16-mixed", "auto", double_backward=True) == "bf16-mixed"  # allowed when asked
+
+
 def test_a_configured_precision_is_kept(monkeypatch) -> None:
     _cuda(monkeypatch, available=True, bf16=True)
     assert resolve_precision("32-true", "auto") == "32-true"

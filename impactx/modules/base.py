@@ -50,11 +50,14 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_
 _RESERVED_PREDICTIONS = ("probs", "index")
 
 
-def resolve_precision(precision: str | int | None, accelerator: Any = "auto", stage: str = "fit") -> str | int:
+def resolve_precision(precision: str | int | None, accelerator: Any = "auto", stage: str = "fit",
+                      double_backward: bool = False) -> str | int:
     """The trainer precision of a run: ``precision`` itself when set, else ``"bf16-mixed"`` where the run lands on
-    a CUDA device that supports bfloat16 and ``"32-true"`` elsewhere (CPU, MPS, older GPUs), and always
-    ``"32-true"`` for the map pass (``stage="maps"``): Partition SHAP's values are differences of model outputs
-    that bf16 rounds away (``python -m bench.maps`` measures the maps' correlation with fp32 ones).
+    a CUDA device that supports bfloat16 and ``"32-true"`` elsewhere (CPU, MPS, older GPUs). Two exceptions stay
+    ``"32-true"`` unless configured, from measurements (``python -m bench.maps``, ``python -m bench.training``,
+    ``docs/performance.md``): the map pass (``stage="maps"``: Partition SHAP's values are differences of model
+    outputs that bf16 rounds away) and modules whose loss differentiates through ``autograd.grad``
+    (``double_backward``: bf16 turned the attribution prior's ResNet-18 gradient by a cosine of 0.79).
 
     bf16 rather than fp16 because several losses here contain ``autograd.grad`` terms (the attribution prior):
     ``16-mixed``'s loss scaler does not scale an inner gradient, bf16 needs no scaler (``docs/performance.md``).
@@ -64,10 +67,11 @@ def resolve_precision(precision: str | int | None, accelerator: Any = "auto", st
         accelerator: the configured ``trainer.accelerator`` (``"auto"``, ``"gpu"``, ``"cuda"``, ``"cpu"``, ...,
             or an ``Accelerator`` instance); only ``"auto"``, ``"gpu"`` and ``"cuda"`` can land on CUDA.
         stage: what the trainer is for: ``"fit"``, ``"test"``, ... or ``"maps"``.
+        double_backward: the module's :attr:`BaseModule.double_backward`.
     """
     if precision is not None:
         return precision
-    if stage == "maps":
+    if stage == "maps" or double_backward:
         return "32-true"
     name = accelerator if isinstance(accelerator, str) or accelerator is None else type(accelerator).__name__.lower()
     may_use_cuda = name in (None, "auto", "gpu", "cuda") or str(name).startswith("cuda")
