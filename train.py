@@ -60,6 +60,7 @@ from impactx.maps import MapStoreError
 from impactx.maps.map_pass import MapPassOptions, run_map_pass
 from impactx.maps.progress import MapPassProgressBar
 from impactx.models import PretrainedWeightsError
+from impactx.modules.base import resolve_precision
 from runs import ExperimentRunner, RunOptions
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -321,6 +322,9 @@ class ImpactxCLI(LightningCLI):
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             bar = MapPassProgressBar(self._map_batch_size()) if self.subcommand == "maps" else RichProgressBar()
             callbacks = [*callbacks, bar]
+        precision = resolve_precision(config.get("precision"), config.get("accelerator"), stage=self.subcommand or "fit",
+                                      double_backward=getattr(getattr(self, "model", None), "double_backward", False))
+        config = {**config, "precision": precision}
         self.first_step = _FirstStep()
         return super()._instantiate_trainer(config, [*callbacks, self.first_step])
 
@@ -454,6 +458,8 @@ class ImpactxCLI(LightningCLI):
                                    else RichProgressBar())
         kwargs.update(logger=loggers or False, callbacks=[*stage_callbacks, self.first_step],
                       enable_checkpointing=checkpoint_dir is not None)
+        kwargs["precision"] = resolve_precision(kwargs.get("precision"), kwargs.get("accelerator"), stage=stage,
+                                                double_backward=getattr(self.model, "double_backward", False))
         if max_epochs is not None:
             kwargs["max_epochs"] = max_epochs
         if stage.startswith("test"):

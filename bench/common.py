@@ -1,4 +1,8 @@
-"""Shared pieces of the benchmarks: models, images, timing and the table printer."""
+"""Shared pieces of the benchmarks: models, images, timing and the table printer.
+
+:func:`print_table` prints a table and, inside :func:`recording` (what ``python -m bench`` uses), also keeps it
+as a :class:`Table`, so one process can run every benchmark and write all their tables as markdown.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import io
 import os
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +98,95 @@ def forward_rate(model: torch.nn.Module, device: torch.device, backward: bool, b
     return max(rates)
 
 
+@dataclass
+class Table:
+    """One printed table: its title, header and rows as the strings printed."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    printed: str = field(default="", compare=False, repr=False)  # the text print_table wrote
+
+    def markdown(self) -> str:
+        escape = lambda c: c.replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(map(escape, self.header)) + " |", "|" + "---|" * len(self.header)]
+        lines += ["| " + " | ".join(map(escape, row)) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+@dataclass
+class Recording:
+    """The tables printed inside :func:`recording`, in order."""
+
+    tables: list[Table] = field(default_factory=list)
+
+
+_RECORDINGS: list[Recording] = []
+
+
+@contextmanager
+def recording() -> Iterator[Recording]:
+    """Keep every table :func:`print_table` prints inside the ``with`` block (nested blocks each get them)."""
+    rec = Recording()
+    _RECORDINGS.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDINGS.remove(rec)
+
+
+def format_cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    cells = [[str(c) for c in header]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    """Print ``rows`` under ``header`` as an aligned text table (floats to 4 significant digits); record it too."""
+    table = Table(title, [str(c) for c in header], [[format_cell(c) for c in r] for r in rows])
+    cells = [table.header, *table.rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    print(" | ".join(h.ljust(w) for h, w in zip(cells[0], widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in cells[1:]:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+    lines = [f"\n{title}", " | ".join(h.ljust(w) for h, w in zip(cells[0], widths)), "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
+    table.printed = "\n".join(lines) + "\n"
+    print(table.printed, end="")
+    for rec in _RECORDINGS:
+        rec.tables.append(table)
+
+
+# Nominal dense peaks (TFLOP/s) of common cards, from the vendors' data sheets: (bf16 tensor core, fp32 non-tensor).
+NOMINAL_PEAK_TFLOPS = {
+    "H200": (989.0, 67.0), "H100 SXM": (989.0, 67.0), "H100 PCIe": (756.0, 51.0), "H100": (989.0, 67.0),
+    "A100": (312.0, 19.5), "L40S": (362.0, 91.6), "L4": (121.0, 30.3), "A10": (125.0, 31.2),
+    "RTX 4090": (165.0, 82.6), "V100": (None, 15.7), "T4": (None, 8.1),
+}
+
+
+def nominal_peak_tflops(device: torch.device) -> tuple[float | None, float | None]:
+    """(bf16, fp32) nominal dense TFLOP/s of a CUDA card named in :data:`NOMINAL_PEAK_TFLOPS`, else ``(None, None)``."""
+    if device.type != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in NOMINAL_PEAK_TFLOPS.items():  # longer, more specific keys come first
+        if key in name:
+            return peaks
+    return None, None
+
+
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
+                          repeats: int = 3) -> float:
+    """FLOP/s of a square ``size x size`` matmul (``2 size^3`` FLOPs; default 1024 on CPU, 8192 on CUDA), best of
+    ``repeats``: the practical peak this device reaches in this process, the yardstick for 'fraction of peak'."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = best_time(lambda: a @ b, device, repeats=repeats, warmup=1)
+    return 2 * size**3 / seconds
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of ``fn()`` as torch's FLOP counter (``torch.utils.flop_counter.FlopCounterMode``) counts them:
+    matmuls and convolutions (forward and backward), not element-wise operations."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())

@@ -39,6 +39,7 @@ class AbnModule(BaseModule):
         attention_weight: weight (``>= 0``) of the attention branch's cross-entropy (official: 1).
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma: as for ``ClassifierModule``.
         label_smoothing: in ``[0, 1)``, for both cross-entropies.
+        compile, channels_last: the speed switches of :class:`~impactx.modules.base.BaseModule`.
     """
 
     explain_needs_grad = False
@@ -63,10 +64,12 @@ class AbnModule(BaseModule):
         step_size: int = 10,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-            scheduler=scheduler, step_size=step_size, gamma=gamma,
+            scheduler=scheduler, step_size=step_size, gamma=gamma, compile=compile, channels_last=channels_last,
         )
         self.save_hyperparameters()
         # Checked before the backbone is built (which may load weights).

@@ -117,9 +117,12 @@ class AttributionPriorModule(BaseModule):
             ``"ig"``, ``"gradcam"``, ``"gradcam_pp"``, ``"smoothgrad"`` with a differentiable inner method ...),
             computed with ``create_graph=True`` on the true class; attribution_options: its options.
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma, label_smoothing: as for the classifier.
+        compile: refused (``True`` raises ``ValueError``): the loss differentiates through ``autograd.grad``.
+        channels_last: the speed switch of :class:`~impactx.modules.base.BaseModule`.
     """
 
     map_source = "eg"
+    double_backward = True
 
     def __init__(
         self,
@@ -154,10 +157,12 @@ class AttributionPriorModule(BaseModule):
         step_size: int = 10,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-            scheduler=scheduler, step_size=step_size, gamma=gamma,
+            scheduler=scheduler, step_size=step_size, gamma=gamma, compile=compile, channels_last=channels_last,
         )
         if references not in REFERENCES:
             raise ValueError(f"references must be one of {REFERENCES}, got {references!r}")

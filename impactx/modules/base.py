@@ -13,7 +13,11 @@ so its checkpoints rebuild it. The base gives it, from flat hyperparameters only
   to items under any sampler or DDP shard;
 - self-describing checkpoints: ``checkpoint["impactx"]`` holds the module's class, the data's normalisation,
   class names and shape, and the explainer an export carries (:mod:`impactx.modules.metadata`), so
-  ``python train.py export`` needs nothing but the checkpoint.
+  ``python train.py export`` needs nothing but the checkpoint;
+- the speed switches ``compile`` (``torch.compile`` of the forward, refused where the loss needs double
+  backward) and ``channels_last`` (weights and image batches in NHWC), applied in ``configure_model``, and
+  :func:`resolve_precision`, the trainer precision a run gets when its config leaves it unset
+  (``docs/performance.md`` has their measured effect).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from impactx.core import check_int
 from impactx.modules.metadata import METADATA_KEY, checkpoint_metadata
 from impactx.modules.optim import OptimizerSettings
 
-__all__ = ["Batch", "BaseModule", "DATA_LINKS", "LossOutput", "STAGES", "Stage"]
+__all__ = ["Batch", "BaseModule", "DATA_LINKS", "LossOutput", "STAGES", "Stage", "resolve_precision"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """``(image [B,C,H,W] float, label [B] long, index [B] long)``; index = the item's position in its full split.
@@ -44,6 +48,36 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (("num_classes", "num_classes"), ("in_
                                            ("image_size", "input_size"))
 
 _RESERVED_PREDICTIONS = ("probs", "index")
+
+
+def resolve_precision(precision: str | int | None, accelerator: Any = "auto", stage: str = "fit",
+                      double_backward: bool = False) -> str | int:
+    """The trainer precision of a run: ``precision`` itself when set, else ``"bf16-mixed"`` where the run lands on
+    a CUDA device that supports bfloat16 and ``"32-true"`` elsewhere (CPU, MPS, older GPUs). Two exceptions stay
+    ``"32-true"`` unless configured, from measurements (``python -m bench.maps``, ``python -m bench.training``,
+    ``docs/performance.md``): the map pass (``stage="maps"``: Partition SHAP's values are differences of model
+    outputs that bf16 rounds away) and modules whose loss differentiates through ``autograd.grad``
+    (``double_backward``: bf16 turned the attribution prior's ResNet-18 gradient by a cosine of 0.79).
+
+    bf16 rather than fp16 because several losses here contain ``autograd.grad`` terms (the attribution prior):
+    ``16-mixed``'s loss scaler does not scale an inner gradient, bf16 needs no scaler (``docs/performance.md``).
+
+    Args:
+        precision: the configured ``trainer.precision`` (``None``: unset).
+        accelerator: the configured ``trainer.accelerator`` (``"auto"``, ``"gpu"``, ``"cuda"``, ``"cpu"``, ...,
+            or an ``Accelerator`` instance); only ``"auto"``, ``"gpu"`` and ``"cuda"`` can land on CUDA.
+        stage: what the trainer is for: ``"fit"``, ``"test"``, ... or ``"maps"``.
+        double_backward: the module's :attr:`BaseModule.double_backward`.
+    """
+    if precision is not None:
+        return precision
+    if stage == "maps" or double_backward:
+        return "32-true"
+    name = accelerator if isinstance(accelerator, str) or accelerator is None else type(accelerator).__name__.lower()
+    may_use_cuda = name in (None, "auto", "gpu", "cuda") or str(name).startswith("cuda")
+    if may_use_cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
 
 
 @dataclass(frozen=True)
@@ -86,9 +120,16 @@ class BaseModule(L.LightningModule):
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma: see
             :class:`~impactx.modules.optim.OptimizerSettings`; checked here, so a bad value fails on
             construction. Kept as ``self.optim_settings``.
+        compile: ``torch.compile`` the module's forward (``nn.Module.compile``) when the trainer configures the
+            model; refused (``ValueError``) by modules whose loss needs double backward (:attr:`double_backward`).
+        channels_last: keep 4-d weights and the batches' images ``[B,C,H,W]`` in channels-last memory format
+            (same values, NHWC strides: faster convolutions where the kernels prefer it).
     """
 
     map_source: ClassVar[str] = "ig"
+    double_backward: ClassVar[bool] = False
+    """``True`` where the training loss differentiates through an ``autograd.grad`` (``create_graph=True``):
+    ``compile=True`` is then refused, since compiled graphs do not support double backward."""
 
     def __init__(
         self,
@@ -101,9 +142,21 @@ class BaseModule(L.LightningModule):
         scheduler: str = "cosine",
         step_size: int = 10,
         gamma: float = 0.1,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         num_classes = check_int("num_classes", num_classes, minimum=2)
+        for name, value in (("compile", compile), ("channels_last", channels_last)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        if compile and self.double_backward:
+            raise ValueError(
+                f"{type(self).__name__} cannot use compile=True: its loss differentiates through autograd.grad "
+                "(double backward), which torch.compile graphs do not support; leave compile=False"
+            )
+        self.compile_forward, self.channels_last = compile, channels_last
+        self._switches_applied = False
         self.optim_settings = OptimizerSettings(optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma)
         # Keys must not shadow nn.Module attributes ("train" is a method), hence the suffix.
         self.metrics = torch.nn.ModuleDict(
@@ -132,6 +185,11 @@ class BaseModule(L.LightningModule):
         return {}
 
     # ---------------------------------------------------------------------------- Lightning hooks
+    def configure_model(self) -> None:
+        """Apply the speed switches (called by the trainer before a fit/validate/test/predict; subclasses
+        overriding it call ``super()``)."""
+        self.apply_speed_switches()
+
     def setup(self, stage: str) -> None:
         """Check the trainer's data module against the model (subclasses overriding it call ``super()``)."""
         self.check_datamodule(getattr(self.trainer, "datamodule", None) if self._trainer is not None else None)
@@ -153,6 +211,7 @@ class BaseModule(L.LightningModule):
                 f"predict batches must be (image, label, index, ...) so predictions join to items; got {len(batch)} "
                 "entries (wrap the dataset in impactx.data.IndexedDataset)"
             )
+        batch = self.channels_last_batch(batch)
         images, index = batch[0], batch[2]
         if index.shape != (images.shape[0],):
             raise ValueError(f"index must have shape [B] = [{images.shape[0]}], got {list(index.shape)}")
@@ -183,6 +242,25 @@ class BaseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -------------------------------------------------------------------------------------- helpers
+    def channels_last_batch(self, batch: Any) -> Any:
+        """With ``channels_last``, the batch with its images (first entry, ``[B,C,H,W]``) in channels-last format;
+        the batch itself otherwise. Called by the train, val, test and predict steps (not a batch-transfer hook,
+        which would displace a data module's own)."""
+        if self.channels_last and isinstance(batch, list | tuple) and batch and _is_image_batch(batch[0]):
+            batch = type(batch)([batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]])
+        return batch
+
+    def apply_speed_switches(self) -> None:
+        """Put 4-d weights in channels-last format (``channels_last``) and compile the forward (``compile``);
+        once per module, after the subclass has built its networks."""
+        if self._switches_applied:
+            return
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.compile_forward:
+            self.compile()  # nn.Module.compile: self(x) runs the compiled forward; the state_dict keys stay
+        self._switches_applied = True
+
     def log_loss_and_accuracy(
         self,
         stage: Stage,
@@ -223,6 +301,7 @@ class BaseModule(L.LightningModule):
                 )
 
     def _shared_step(self, batch: Batch, stage: Stage) -> torch.Tensor:
+        batch = self.channels_last_batch(batch)
         out = self.compute_loss(batch, stage)
         self.log_loss_and_accuracy(stage, out.loss, out.logits, batch[1], out.terms)
         return out.loss
@@ -232,3 +311,7 @@ class BaseModule(L.LightningModule):
         if self._trainer is None:
             return 1
         return self.trainer.max_epochs or 1
+
+
+def _is_image_batch(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point()

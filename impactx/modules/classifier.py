@@ -27,6 +27,7 @@ class ClassifierModule(BaseModule):
         optimizer: ``"adam"`` | ``"adamw"`` | ``"sgd"``; lr, weight_decay, momentum: its settings.
         scheduler: ``"none"`` | ``"cosine"`` (over the trainer's ``max_epochs``) | ``"step"`` (step_size, gamma).
         label_smoothing: for the cross-entropy.
+        compile, channels_last: the speed switches of :class:`~impactx.modules.base.BaseModule`.
     """
 
     def __init__(
@@ -45,10 +46,12 @@ class ClassifierModule(BaseModule):
         step_size: int = 10,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-            scheduler=scheduler, step_size=step_size, gamma=gamma,
+            scheduler=scheduler, step_size=step_size, gamma=gamma, compile=compile, channels_last=channels_last,
         )
         self.save_hyperparameters()
         self.model: Backbone = create_backbone(

@@ -71,6 +71,7 @@ class ImpactxModule(BaseModule):
         refresh_every, refresh_warmup: single-stage: refresh the store every ``refresh_every`` epochs after
             ``refresh_warmup`` epochs.
         optimizer, lr, weight_decay, momentum, scheduler, step_size, gamma, label_smoothing: as for the classifier.
+        compile, channels_last: the speed switches of :class:`~impactx.modules.base.BaseModule` (stage 1 gets them too).
     """
 
     map_source = "decoder"
@@ -106,10 +107,12 @@ class ImpactxModule(BaseModule):
         step_size: int = 10,
         gamma: float = 0.1,
         label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             num_classes, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-            scheduler=scheduler, step_size=step_size, gamma=gamma,
+            scheduler=scheduler, step_size=step_size, gamma=gamma, compile=compile, channels_last=channels_last,
         )
         if training not in TRAININGS:
             raise ValueError(f"training must be one of {TRAININGS}, got {training!r}")
@@ -150,6 +153,7 @@ class ImpactxModule(BaseModule):
             pretrained=hp.pretrained, pretrained_file=hp.pretrained_file, optimizer=hp.optimizer,
             lr=hp.lr if hp.stage1_lr is None else hp.stage1_lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
             scheduler=hp.scheduler, step_size=hp.step_size, gamma=hp.gamma, label_smoothing=hp.label_smoothing,
+            compile=hp.get("compile", False), channels_last=hp.get("channels_last", False),
         )
 
     def setup(self, stage: str) -> None:

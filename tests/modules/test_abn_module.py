@@ -19,7 +19,7 @@ HPARAMS = {
     "backbone": "lenet5", "num_classes": 10, "in_chans": 1, "input_size": 32, "pretrained": False,
     "pretrained_file": None, "attention_stage": -2, "attention_kernel": 3, "attention_weight": 1.0,
     "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": "cosine",
-    "step_size": 10, "gamma": 0.1, "label_smoothing": 0.0,
+    "step_size": 10, "gamma": 0.1, "label_smoothing": 0.0, "compile": False, "channels_last": False,
 }
 
 

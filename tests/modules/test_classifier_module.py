@@ -21,12 +21,14 @@ LEGACY_HPARAMS = {
     "pretrained_file": None, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9,
     "scheduler": "cosine", "step_size": 10, "gamma": 0.1, "label_smoothing": 0.0,
 }
+SWITCHES = {"compile": False, "channels_last": False}  # added later, at the end, with defaults old checkpoints get
 
 
 def test_hyperparameters_keep_their_names_order_and_defaults() -> None:
     signature = inspect.signature(ClassifierModule.__init__).parameters
-    assert {k: v.default for k, v in list(signature.items())[1:]} == LEGACY_HPARAMS
-    assert dict(ClassifierModule().hparams) == LEGACY_HPARAMS
+    assert {k: v.default for k, v in list(signature.items())[1:]} == {**LEGACY_HPARAMS, **SWITCHES}
+    assert list(signature)[1:] == [*LEGACY_HPARAMS, *SWITCHES]
+    assert dict(ClassifierModule().hparams) == {**LEGACY_HPARAMS, **SWITCHES}
 
 
 def test_a_checkpoint_in_the_old_format_loads(tmp_path) -> None:
@@ -42,7 +44,7 @@ def test_a_checkpoint_in_the_old_format_loads(tmp_path) -> None:
                 "pytorch-lightning_version": "2.5.0", "epoch": 3, "global_step": 30}, path)
 
     restored = ClassifierModule.load_from_checkpoint(path, map_location="cpu").eval()
-    assert dict(restored.hparams) == hparams
+    assert dict(restored.hparams) == {**hparams, **SWITCHES}
     assert restored.optim_settings == OptimizerSettings("sgd", 0.05, 0.0, 0.5, "step", 3, 0.2)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
