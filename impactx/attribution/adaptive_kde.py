@@ -49,13 +49,10 @@ def _fft_smooth(x: torch.Tensor, w: float) -> torch.Tensor:
     return torch.fft.ifft(torch.fft.fft(x, n=n) * kernel, n=n).real[..., :length]
 
 
-def _gauss(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-(x**2) / 2 / w**2) / _SQRT_2PI / w
-
-
-def _cost(y_hist: torch.Tensor, n: torch.Tensor, t: torch.Tensor, dt: float, optws: torch.Tensor,
+def _cost(y_hist: torch.Tensor, n: torch.Tensor, sq_diff: torch.Tensor, dt: float, optws: torch.Tensor,
           win: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The MATLAB ``CostFunction`` for stiffness ``g [K]``: ``(cost [K], estimate yv [K,L])``."""
+    """The MATLAB ``CostFunction`` for stiffness ``g [K]``: ``(cost [K], estimate yv [K,L])``; ``sq_diff [L,L]``
+    holds ``(t_k - t_l)^2``."""
     gs = optws / win.view(1, -1, 1)  # [K, M, L]
     g3 = g.view(-1, 1, 1)
     m = gs.shape[1]
@@ -64,13 +61,27 @@ def _cost(y_hist: torch.Tensor, n: torch.Tensor, t: torch.Tensor, dt: float, opt
     inner = g.view(-1, 1) * win[last]
     optwv = torch.where(g.view(-1, 1) > gs.amax(dim=1), win.min(),
                         torch.where(g.view(-1, 1) < gs.amin(dim=1), win.max(), inner))  # [K, L]
-    diff = t.view(1, -1, 1) - t.view(1, 1, -1)  # [1, L(k), L(l)]
-    z = _gauss(diff, (optwv / g.view(-1, 1)).unsqueeze(1))  # Nadaraya-Watson weights [K, L, L]
-    optwp = (optwv.unsqueeze(1) * z).sum(dim=2) / z.sum(dim=2)  # [K, L]
-    balloon = (y_hist.unsqueeze(1) * dt * _gauss(diff, optwp.unsqueeze(2))).sum(dim=2)  # [K, L]
+    # The [K, L, L] Gaussians are the cost: each is built in one pass (exp in place) and reduced by a batched
+    # matrix product, with the per-column or per-row normalisation 1 / (sqrt(2 pi) w) taken outside.
+    width = optwv / g.view(-1, 1)  # Nadaraya-Watson bandwidth of column l
+    z = _gaussian_exponent(sq_diff, width.unsqueeze(1))  # [K, L(k), L(l)], unnormalised
+    norm = 1 / (_SQRT_2PI * width)
+    sums = torch.bmm(z, torch.stack([optwv * norm, norm], dim=2))  # [K, L, 2]
+    optwp = sums[..., 0] / sums[..., 1]  # [K, L]
+    z = _gaussian_exponent(sq_diff, optwp.unsqueeze(2))
+    weighted = (y_hist * dt).unsqueeze(2)
+    # Two equal columns, not one: a one-column product goes to a matrix-vector kernel for a single set and to a
+    # batched matrix product for several, which round differently, and the search's ties must not depend on the
+    # batch (the costs of stiffnesses sharing a bandwidth pattern are equal in exact arithmetic).
+    balloon = torch.bmm(z, weighted.expand(-1, -1, 2))[..., 0] / (_SQRT_2PI * optwp)  # [K, L]
     yv = balloon * n.view(-1, 1) / (balloon * dt).sum(dim=1, keepdim=True)
     cg = yv**2 - 2 * yv * y_hist + 2 / _SQRT_2PI / optwp * y_hist
     return (cg * dt).sum(dim=1), yv
+
+
+def _gaussian_exponent(sq_diff: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """``exp(-sq_diff / (2 width^2))`` broadcast to ``[K, L, L]`` (``width`` ``[K,1,L]`` or ``[K,L,1]``)."""
+    return torch.mul(sq_diff, -0.5 / width**2).exp_()
 
 
 def _histc(x: torch.Tensor, valid: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -98,13 +109,14 @@ def _group_kde(x: torch.Tensor, valid: torch.Tensor, t: torch.Tensor, tin: torch
         _fft_smooth(y_hist, float(w) / dt), float(w)) for w in win], dim=1)  # [K, M, L]
     optws = torch.stack([win[_fft_smooth(c, float(w) / dt).argmin(dim=1)] for w in win], dim=1)  # [K, M, L]
 
+    sq_diff = (t.view(-1, 1) - t.view(1, -1)) ** 2  # [L, L]
     k_sets = x.shape[0]
     a = torch.full((k_sets,), 1e-12, dtype=x.dtype, device=x.device)
     b = torch.ones_like(a)
     c1 = (_PHI - 1) * a + (2 - _PHI) * b
     c2 = (2 - _PHI) * a + (_PHI - 1) * b
-    f1, _ = _cost(y_hist, n, t, dt, optws, win, c1)
-    f2, _ = _cost(y_hist, n, t, dt, optws, win, c2)
+    f1, _ = _cost(y_hist, n, sq_diff, dt, optws, win, c1)
+    f2, _ = _cost(y_hist, n, sq_diff, dt, optws, win, c2)
     active = torch.ones(k_sets, dtype=torch.bool, device=x.device)
     ran = torch.zeros_like(active)
     estimate = torch.full_like(y_hist, float("nan"))
@@ -122,7 +134,7 @@ def _group_kde(x: torch.Tensor, valid: torch.Tensor, t: torch.Tensor, tin: torch
         rows = active.nonzero().flatten()
         cost = torch.full_like(g, float("nan"))
         yv = torch.zeros_like(y_hist)
-        cost[rows], yv[rows] = _cost(y_hist[rows], n[rows], t, dt, optws[rows], win, g[rows])
+        cost[rows], yv[rows] = _cost(y_hist[rows], n[rows], sq_diff, dt, optws[rows], win, g[rows])
         new_f1 = torch.where(left, cost, f2)
         new_f2 = torch.where(left, f1, cost)
         a, b = torch.where(active, new_a, a), torch.where(active, new_b, b)
