@@ -40,13 +40,19 @@ def _ilogexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1e2, torch.log(torch.expm1(torch.clamp(x, max=1e2))), x)
 
 
-def _fft_smooth(x: torch.Tensor, w: float) -> torch.Tensor:
-    """``x [..., L]`` convolved with a Gaussian of ``w`` samples (``fftkernel`` of the MATLAB code)."""
+def _fft_smooth(x: torch.Tensor, w: float, spectra: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """``x [..., L]`` convolved with a Gaussian of ``w`` samples (``fftkernel`` of the MATLAB code). ``spectra``
+    keeps ``x``'s FFT per padded length, for several widths smoothing the same ``x``."""
     length = x.shape[-1]
     n = 2 ** math.ceil(math.log2(length + 3 * w))
     f = torch.cat([-torch.arange(0, n // 2 + 1, dtype=x.dtype), torch.arange(n // 2 - 1, 0, -1, dtype=x.dtype)]) / n
     kernel = torch.exp(-0.5 * (w * 2 * math.pi * f) ** 2).to(x.device)
-    return torch.fft.ifft(torch.fft.fft(x, n=n) * kernel, n=n).real[..., :length]
+    spectrum = spectra.get(n) if spectra is not None else None
+    if spectrum is None:
+        spectrum = torch.fft.fft(x, n=n)
+        if spectra is not None:
+            spectra[n] = spectrum
+    return torch.fft.ifft(spectrum * kernel, n=n).real[..., :length]
 
 
 def _cost(y_hist: torch.Tensor, n: torch.Tensor, sq_diff: torch.Tensor, dt: float, optws: torch.Tensor,
@@ -105,9 +111,11 @@ def _group_kde(x: torch.Tensor, valid: torch.Tensor, t: torch.Tensor, tin: torch
     win = _logexp(torch.linspace(float(_ilogexp(torch.tensor(5 * dt, dtype=x.dtype))),
                                  float(_ilogexp(torch.tensor(span, dtype=x.dtype))), n_bandwidths, dtype=x.dtype))
     win = win.to(x.device)
+    spectra: dict[int, torch.Tensor] = {}
     c = torch.stack([(lambda yh, w: yh**2 - 2 * yh * y_hist + 2 / _SQRT_2PI / w * y_hist)(
-        _fft_smooth(y_hist, float(w) / dt), float(w)) for w in win], dim=1)  # [K, M, L]
-    optws = torch.stack([win[_fft_smooth(c, float(w) / dt).argmin(dim=1)] for w in win], dim=1)  # [K, M, L]
+        _fft_smooth(y_hist, float(w) / dt, spectra), float(w)) for w in win], dim=1)  # [K, M, L]
+    spectra = {}
+    optws = torch.stack([win[_fft_smooth(c, float(w) / dt, spectra).argmin(dim=1)] for w in win], dim=1)  # [K, M, L]
 
     sq_diff = (t.view(-1, 1) - t.view(1, -1)) ** 2  # [L, L]
     k_sets = x.shape[0]
