@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
+from impactx.attribution.gradients import in_layout_of
 from impactx.attribution.registry import register
 from impactx.core import Output, check_int, check_internal_batch_size, check_output, score_gradients
 
@@ -103,6 +104,7 @@ class BlurIG(Explainer):
                           / self.grad_step)
         batch = inputs.shape[0]
         flat = torch.stack(points, dim=1).reshape(batch * self.steps, *inputs.shape[1:])
+        flat = in_layout_of(flat, x)
         _, grads = score_gradients(model, flat, target.repeat_interleave(self.steps), output=self.output,
                                    create_graph=self.create_graph, internal_batch_size=self.internal_batch_size)
         grads = grads.view(batch, self.steps, *inputs.shape[1:])

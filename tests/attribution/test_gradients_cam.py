@@ -405,3 +405,16 @@ def test_boundary_ig_is_ig_from_a_point_across_the_boundary(relu_net, batch) -> 
     with torch.no_grad():
         gap = relu_net(x).gather(1, t[:, None])[:, 0] - relu_net(points).gather(1, t[:, None])[:, 0]
     assert float((maps.flatten(1).sum(dim=1) - gap).abs().max()) < 0.1 * float(gap.abs().max())
+
+
+@pytest.mark.parametrize("name", ["idgi", "blur_ig"])
+def test_path_points_keep_a_channels_last_layout_and_the_maps(relu_net, batch, name) -> None:
+    from impactx.attribution.gradients import in_layout_of
+
+    x, t = batch
+    last = x.contiguous(memory_format=torch.channels_last)
+    assert in_layout_of(x.repeat(2, 1, 1, 1), last).is_contiguous(memory_format=torch.channels_last)
+    assert in_layout_of(x.repeat(2, 1, 1, 1), x).is_contiguous()
+    options = {"n_steps": 6} if name == "idgi" else {"steps": 6, "max_sigma": 3.0}
+    torch.testing.assert_close(attribute(name, relu_net, last, t, **options), attribute(name, relu_net, x, t, **options),
+                               atol=1e-12, rtol=1e-9)
