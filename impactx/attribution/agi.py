@@ -72,21 +72,25 @@ class AGI(Explainer):
         x = inputs.detach()[image_of].clone()
         total = torch.zeros_like(x)
         for _ in range(self.max_iter):
-            if not bool(active.any()):
+            # Only the paths still walking go through the model: a batch would otherwise pay every iteration for
+            # the paths that reached their class early.
+            rows = active.nonzero().flatten()
+            if rows.numel() == 0:
                 break
+            here, aim = x[rows], towards[rows]
             with torch.enable_grad():
-                point = x.detach().requires_grad_(True)
+                point = here.detach().requires_grad_(True)
                 out = model(point)
                 probabilities = out.softmax(dim=1)
-                reached = out.argmax(dim=1) == towards
-                (grad_adv,) = torch.autograd.grad(probabilities.gather(1, towards[:, None]).sum(), point,
+                walking = out.argmax(dim=1) != aim
+                (grad_adv,) = torch.autograd.grad(probabilities.gather(1, aim[:, None]).sum(), point,
                                                   retain_graph=True)
-                (grad_lab,) = torch.autograd.grad(probabilities.gather(1, labels[:, None]).sum(), point)
-            active = active & ~reached
-            step = x + self.eps * grad_adv.sign()
+                (grad_lab,) = torch.autograd.grad(probabilities.gather(1, labels[rows, None]).sum(), point)
+            step = here + self.eps * grad_adv.sign()
             if self.clamp is not None:
                 step = step.clamp(*self.clamp)
-            move = torch.where(active.view(-1, 1, 1, 1), step - x, torch.zeros_like(x))
-            total = total - grad_lab * move
-            x = x + move
+            move = torch.where(walking.view(-1, 1, 1, 1), step - here, torch.zeros_like(here))
+            total[rows] = total[rows] - grad_lab * move
+            x[rows] = here + move
+            active[rows] = walking
         return total.view(batch, k, *inputs.shape[1:]).sum(dim=1)

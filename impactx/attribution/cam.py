@@ -221,11 +221,15 @@ class ScoreCam(_LayerCam):
         masks = F.interpolate(activations, size=inputs.shape[-2:], mode="bilinear", align_corners=True)
         flat = masks.flatten(2)
         lo, hi = flat.min(dim=2).values[:, :, None, None], flat.max(dim=2).values[:, :, None, None]
-        masks = (masks - lo) / (hi - lo + self.mask_eps)
-        masked = (inputs[:, None] * masks[:, :, None]).reshape(batch * channels, *inputs.shape[1:])
+        masks = ((masks - lo) / (hi - lo + self.mask_eps)).flatten(0, 1).unsqueeze(1)  # [B*K,1,H,W]
+        image_of = torch.arange(batch, device=inputs.device).repeat_interleave(channels)
         targets = target.repeat_interleave(channels)
         chunk = self.internal_batch_size or 256
-        scores = torch.cat([target_scores(model(masked[i:i + chunk]), targets[i:i + chunk], self.output)
-                            for i in range(0, masked.shape[0], chunk)]).view(batch, channels)
+        # Each chunk's masked images are built as it is scored: all B*K at once (8192 images for 16 ResNet
+        # inputs) would be a tensor far outside the cache, written once and read once.
+        scores = torch.cat([
+            target_scores(model(inputs[image_of[i:i + chunk]] * masks[i:i + chunk]), targets[i:i + chunk],
+                          self.output)
+            for i in range(0, masks.shape[0], chunk)]).view(batch, channels)
         weights = scores.softmax(dim=1)
         return F.relu((weights[:, :, None, None] * activations).sum(dim=1, keepdim=True))

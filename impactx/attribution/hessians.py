@@ -109,6 +109,8 @@ def interaction_pairs(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     batch = x.shape[0]
     size = x[0].numel()
     pairs = [(int(i), int(j)) for i, j in pairs]
+    if not pairs:
+        raise ValueError("pairs is empty; give at least one (i, j) of flat feature indices")
     if any(not (0 <= i < size and 0 <= j < size) for i, j in pairs):
         raise ValueError(f"pairs must index the {size} features of an image, got {pairs}")
     baseline_t = resolve_baseline(baseline, x)
@@ -125,9 +127,13 @@ def interaction_pairs(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
             rows[i] = torch.zeros_like(points).view(batch, n * n, size) if h is None else h.detach().view(
                 batch, n * n, size)
     g = g.detach()
-    out = []
-    for i, j in pairs:
-        diagonal = g[:, :, i] if i == j else torch.zeros_like(g[:, :, i])
-        inner = diagonal + weight * flat_v[:, i:i + 1] * rows[i][:, :, j]
-        out.append(flat_v[:, j] * inner.mean(dim=1))
-    return torch.stack(out, dim=1)
+    # All pairs at once (a Python step per pair costs more than the Hessian rows for thousands of pairs).
+    order = sorted(rows)
+    hessian_rows = torch.stack([rows[i] for i in order], dim=2)  # [B, n*n, distinct i, C*H*W]
+    first = torch.tensor([i for i, _ in pairs], device=x.device)
+    second = torch.tensor([j for _, j in pairs], device=x.device)
+    row_of = torch.tensor([order.index(i) for i, _ in pairs], device=x.device)
+    g_first = g[:, :, first]  # [B, n*n, P]
+    diagonal = torch.where(first == second, g_first, torch.zeros_like(g_first))
+    inner = diagonal + weight.unsqueeze(2) * flat_v[:, first].unsqueeze(1) * hessian_rows[:, :, row_of, second]
+    return flat_v[:, second] * inner.mean(dim=1)

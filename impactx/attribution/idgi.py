@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from impactx.attribution.base import Explainer
+from impactx.attribution.gradients import in_layout_of
 from impactx.attribution.ig import resolve_baseline
 from impactx.attribution.registry import register
 from impactx.core import Output, check_int, check_internal_batch_size, check_output, score_gradients
@@ -55,6 +56,7 @@ class IDGI(Explainer):
         n, batch = self.n_steps, inputs.shape[0]
         alphas = torch.arange(n + 1, dtype=x.dtype, device=x.device).div(n).view(1, -1, 1, 1, 1)
         points = (baseline.unsqueeze(1) + alphas * (x - baseline).unsqueeze(1)).reshape(batch * (n + 1), *x.shape[1:])
+        points = in_layout_of(points, x)
         scores, grads = score_gradients(model, points, target.repeat_interleave(n + 1), output=self.output,
                                         create_graph=self.create_graph, internal_batch_size=self.internal_batch_size)
         scores = scores.view(batch, n + 1)

@@ -351,13 +351,16 @@ def test_integrated_hessians_equal_path_explain() -> None:
     torch.testing.assert_close(fine, ig, atol=0.05 * float(ig.abs().max()), rtol=0)  # completeness, in the limit
 
 
-def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch) -> None:
+@pytest.mark.parametrize("eps", [0.2, 3.0])
+def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch, eps) -> None:
     """Algorithm 1 of Pan et al. per image and false class: signed ascent on p_k, stop when k is predicted,
-    accumulate -grad p_y * step; the authors' selected classes range(0, K - 1, K // n)."""
+    accumulate -grad p_y * step; the authors' selected classes range(0, K - 1, K // n). Paths reach their class at
+    different iterations (the batch keeps walking the others)."""
     from impactx.attribution.agi import false_classes
 
     x, t = batch
-    eps, iters, n = 0.2, 6, 3
+    iters, n = 6, 3
+    stopped = 0
     ours = attribute("agi", relu_net, x, t, eps=eps, max_iter=iters, n_classes=n)
     with torch.no_grad():
         predicted = relu_net(x).argmax(dim=1)
@@ -372,6 +375,7 @@ def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch) -> N
                 point.requires_grad_(True)
                 out = relu_net(point)
                 if int(out.argmax(dim=1)) == k:
+                    stopped += 1
                     break
                 probabilities = out.softmax(dim=1)
                 (grad_adv,) = torch.autograd.grad(probabilities[0, k], point, retain_graph=True)
@@ -381,6 +385,7 @@ def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch) -> N
                 point = (point + step).detach()
         torch.testing.assert_close(ours[i], expected, atol=1e-12, rtol=1e-9)
     assert float(ours.abs().max()) > 0
+    assert stopped > 0  # some paths reach their class early, while others walk on
 
 
 def test_boundary_ig_is_ig_from_a_point_across_the_boundary(relu_net, batch) -> None:
@@ -400,3 +405,16 @@ def test_boundary_ig_is_ig_from_a_point_across_the_boundary(relu_net, batch) -> 
     with torch.no_grad():
         gap = relu_net(x).gather(1, t[:, None])[:, 0] - relu_net(points).gather(1, t[:, None])[:, 0]
     assert float((maps.flatten(1).sum(dim=1) - gap).abs().max()) < 0.1 * float(gap.abs().max())
+
+
+@pytest.mark.parametrize("name", ["idgi", "blur_ig"])
+def test_path_points_keep_a_channels_last_layout_and_the_maps(relu_net, batch, name) -> None:
+    from impactx.attribution.gradients import in_layout_of
+
+    x, t = batch
+    last = x.contiguous(memory_format=torch.channels_last)
+    assert in_layout_of(x.repeat(2, 1, 1, 1), last).is_contiguous(memory_format=torch.channels_last)
+    assert in_layout_of(x.repeat(2, 1, 1, 1), x).is_contiguous()
+    options = {"n_steps": 6} if name == "idgi" else {"steps": 6, "max_sigma": 3.0}
+    torch.testing.assert_close(attribute(name, relu_net, last, t, **options), attribute(name, relu_net, x, t, **options),
+                               atol=1e-12, rtol=1e-9)
