@@ -6,7 +6,8 @@
     python -m bench --only training scaling           # some of them
 
 Runs every benchmark module's ``main()`` (attribution methods against shap and Captum, the survey explainers
-against Captum and pytorch-grad-cam, metrics against Quantus, the map pass against the model-forward bound with
+against Captum and pytorch-grad-cam, every class in one call against single-target calls and shap's
+multi-output Partition, metrics against Quantus, the map pass against the model-forward bound with
 its FLOPs and fraction of peak, the attribution-prior step overhead, training throughput under the precision
 and speed switches, cost growth with image size, batch and evaluations, export artifacts against the eager
 module; and on CUDA the GPU-vs-CPU map check) with the arguments below, one after the other in this process, so
@@ -50,6 +51,7 @@ ENTRIES = (
     Entry("attribution", ("--models", "lenet5", "--scale", "0.02", "--skip", "shap_partition", "shap_gradient")),
     Entry("explainers", ("--batch", "2", "--repeats", "1", "--methods", "saliency", "gradcam"),
           ("--batch", "16", "--repeats", "2")),
+    Entry("multi_target", ("--images", "1", "--max-evals", "64", "--steps", "8", "--repeats", "1")),
     Entry("metrics", ("--images", "4", "--models", "lenet5"), ("--images", "32")),
     Entry("maps", ("--images", "2", "--batch", "2", "--repeats", "1", "--models", "lenet5"), ("--repeats", "2")),
     Entry("prior_overhead", ("--batch", "4", "--steps", "2", "--backbones", "lenet5", "--no-memory"),
