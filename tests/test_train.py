@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_script import load_train_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -18,9 +18,7 @@ BASE = ROOT / "configs" / "base.yaml"
 # base.yaml holds no model or data: it lies under every experiment
 EXPERIMENTS = [p for p in CONFIGS if p != BASE]
 
-spec = importlib.util.spec_from_file_location("impactx_train_script", ROOT / "train.py")
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+train = load_train_script("impactx_train_script")
 
 
 @pytest.fixture(autouse=True)

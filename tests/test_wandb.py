@@ -9,7 +9,6 @@ log of protobuf records), not as ``files/config.yaml`` / ``wandb-summary.json``;
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import struct
@@ -21,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from train_script import load_train_script
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("impactx_train_script_wandb", ROOT / "train.py")
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+train = load_train_script("impactx_train_script_wandb")
 
 CHEAP = [
     "--trainer.max_epochs=1", "--model.init_args.stage1_epochs=1", "--trainer.enable_progress_bar=false",

@@ -3,18 +3,16 @@ runs. (Every mode on 2 DDP processes against one: test_one_behaviour.py; killed 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from train_script import load_train_script
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("impactx_train_script_runs", ROOT / "train.py")
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+train = load_train_script("impactx_train_script_runs")
 
 CHEAP = [
     "--trainer.max_epochs=3", "--model.init_args.stage1_epochs=2", "--trainer.enable_progress_bar=false",

@@ -4,7 +4,6 @@ run ends with the store and the weights of an uninterrupted run, bitwise. (A cra
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -13,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_script import load_train_script
 
 from impactx.maps.store import MapStore
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("impactx_train_script_resume", ROOT / "train.py")
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+train = load_train_script("impactx_train_script_resume")
 
 MAP_ROWS, MAP_BATCH, CRASH_AT = 1437, 64, 5  # the full train split, the map pass's batch, the crashing batch
 SMALL = [
