@@ -120,11 +120,11 @@ def interaction_pairs(model: nn.Module, inputs: torch.Tensor, target: torch.Tens
     with eval_mode(model), torch.enable_grad():
         points, g = _score_and_grad(model, q.reshape(batch * n * n, *x.shape[1:]), target_t.repeat_interleave(n * n),
                                     output)
-        g = g.view(batch, n * n, size)
+        g = g.reshape(batch, n * n, size)  # reshape: a channels-last input gives channels-last gradients
         rows = {}
         for i in sorted({i for i, _ in pairs}):
             (h,) = torch.autograd.grad(g[:, :, i].sum(), points, retain_graph=True, allow_unused=True)
-            rows[i] = torch.zeros_like(points).view(batch, n * n, size) if h is None else h.detach().view(
+            rows[i] = torch.zeros_like(points).reshape(batch, n * n, size) if h is None else h.detach().reshape(
                 batch, n * n, size)
     g = g.detach()
     # All pairs at once (a Python step per pair costs more than the Hessian rows for thousands of pairs).

@@ -112,6 +112,17 @@ def test_batch_invariance(name, model, inputs, device):
 
 
 @pytest.mark.parametrize("name", available())
+def test_channels_last_inputs_give_the_same_maps(name, model, inputs, device):
+    """A channels-last batch (what a module with ``channels_last=True`` hands its explainer) gives the maps of the
+    same images in the default layout: no method may ``view`` a gradient whose layout follows the input's."""
+    x, target = inputs
+    explainer = make_explainer(name, device)
+    expected = explainer(model, x, target)
+    got = explainer(model, x.contiguous(memory_format=torch.channels_last), target)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name", available())
 def test_model_state_unchanged(name, model, inputs, device):
     x, target = inputs
     before = _snapshot(model)

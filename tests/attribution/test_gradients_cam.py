@@ -351,6 +351,24 @@ def test_integrated_hessians_equal_path_explain() -> None:
     torch.testing.assert_close(fine, ig, atol=0.05 * float(ig.abs().max()), rtol=0)  # completeness, in the limit
 
 
+def test_integrated_hessians_take_channels_last_images() -> None:
+    """A channels-last batch (what PAIR-style callers and ``channels_last`` modules hand over) gives the pairs and
+    sums of the same images in the default layout; its gradients come back channels-last, which a ``view`` refused."""
+    from impactx.attribution.hessians import interaction_pairs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double().eval()
+    model.num_classes = 3
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    last = x.contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([0, 2])
+    pairs = [(0, 5), (7, 40), (100, 100)]
+    torch.testing.assert_close(interaction_pairs(model, last, t, pairs, n_steps=4),
+                               interaction_pairs(model, x, t, pairs, n_steps=4))
+    torch.testing.assert_close(attribute("integrated_hessians", model, last, t, n_steps=4),
+                               attribute("integrated_hessians", model, x, t, n_steps=4))
+
+
 @pytest.mark.parametrize("eps", [0.2, 3.0])
 def test_agi_equals_the_papers_algorithm_written_as_a_loop(relu_net, batch, eps) -> None:
     """Algorithm 1 of Pan et al. per image and false class: signed ascent on p_k, stop when k is predicted,
