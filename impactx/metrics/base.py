@@ -17,12 +17,6 @@ from impactx.metrics.functional.perturbation import Perturbation
 from impactx.metrics.functional.validation import check_bool, check_chunk, check_int, check_output_name
 
 
-def _finite_rows(curves: torch.Tensor) -> torch.Tensor:
-    """``curves [B, n]`` detached, without the rows that hold a NaN (undefined for that image)."""
-    curves = curves.detach()
-    return curves[~torch.isnan(curves).any(dim=1)]
-
-
 class CurveMetric(Metric):
     """Accumulates per-image curves ``[B, n_points]`` as ``curve_sum [n_points]`` and ``count []``."""
 
@@ -38,17 +32,20 @@ class CurveMetric(Metric):
         self.add_state("curve_sum", default=torch.zeros(n_points), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(()), dist_reduce_fx="sum")
 
-    def _accumulate(self, curves: torch.Tensor) -> None:
-        """Add per-image curves ``[B, n_points]``; rows holding a NaN (undefined for that image) are skipped."""
+    def _accumulate(self, curves: torch.Tensor, prefix: str = "") -> None:
+        """Add per-image curves ``[B, n_points]`` to the states ``{prefix}curve_sum`` and ``{prefix}count``; rows
+        holding a NaN (undefined for that image) are skipped."""
         if curves.dim() != 2 or curves.shape[1] != self.n_points:
             raise RuntimeError(f"expected curves [B, {self.n_points}], got {list(curves.shape)}")
-        curves = _finite_rows(curves)
-        self.curve_sum += curves.sum(dim=0).to(self.curve_sum)
-        self.count += curves.shape[0]
+        curves = curves.detach()
+        curves = curves[~torch.isnan(curves).any(dim=1)]
+        curve_sum = getattr(self, f"{prefix}curve_sum")
+        curve_sum += curves.sum(dim=0).to(curve_sum)
+        getattr(self, f"{prefix}count").add_(curves.shape[0])
 
-    def mean_curve(self) -> torch.Tensor:
-        """Mean over all images seen (``[n_points]``)."""
-        return self.curve_sum / self.count
+    def mean_curve(self, prefix: str = "") -> torch.Tensor:
+        """Mean over all images seen (``[n_points]``) of the states ``{prefix}curve_sum`` / ``{prefix}count``."""
+        return getattr(self, f"{prefix}curve_sum") / getattr(self, f"{prefix}count")
 
 
 class PerturbationCurveMetric(CurveMetric):
@@ -101,9 +98,7 @@ class PerturbationCurveMetric(CurveMetric):
         """``images [B,C,H,W]``, ``targets [B]``, ``maps [B,C,H,W]`` or ``[B,1,H,W]``."""
         self._accumulate(self.curve_fn(model, images, targets, maps, **self.options))
         if self.random_baseline:
-            random = _finite_rows(self.curve_fn(model, images, targets, maps, **self.options, random_order=True))
-            self.random_curve_sum += random.sum(dim=0).to(self.random_curve_sum)
-            self.random_count += random.shape[0]
+            self._accumulate(self.curve_fn(model, images, targets, maps, **self.options, random_order=True), "random_")
 
     def compute(self) -> dict[str, torch.Tensor]:
         """``{"curve": mean score per curve point [n_steps + 1], summary_name: its summary []}``; with
@@ -113,7 +108,7 @@ class PerturbationCurveMetric(CurveMetric):
         curve = self.mean_curve()
         out = {"curve": curve, self.summary_name: self.summary_fn(curve)}
         if self.random_baseline:
-            random = self.random_curve_sum / self.random_count
+            random = self.mean_curve("random_")
             out.update({"random_curve": random, f"random_{self.summary_name}": self.summary_fn(random)})
         return out
 
